@@ -1,0 +1,79 @@
+"""The preprocessing spec: how a DICOM image becomes a model input tensor.
+
+The same spec travels in the model config (``model.toml``), in the package
+manifest and into :func:`sdk.preprocessing.preprocess`, which both the
+quantization toolchain (calibration) and the runtime call.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["Normalization", "PreprocessSpec", "Window"]
+
+
+class Window(BaseModel):
+    """An explicit intensity window, in the units after the modality LUT (HU for CT)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    center: float
+    width: float = Field(gt=0)
+
+
+class Normalization(BaseModel):
+    """How the (windowed) intensities map to the model's numeric range.
+
+    ``unit``: the window maps linearly onto [0, 1] (without a window: the
+    image's own min..max). ``zscore``: ``(x - mean) / std``. ``none``: values pass
+    through. ``mean``/``std`` are applied after ``unit`` scaling when given.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["unit", "zscore", "none"] = "unit"
+    mean: float = 0.0
+    std: float = Field(default=1.0, gt=0)
+
+
+class PreprocessSpec(BaseModel):
+    """Preprocessing of one frame into a ``(C, H, W)`` or ``(H, W, C)`` array.
+
+    Attributes:
+        modalities: the DICOM Modality values this model accepts.
+        rescale: apply the modality LUT (Rescale Slope/Intercept or a Modality LUT).
+        window: an explicit window, ``"voi_lut"`` to use the dataset's own VOI
+            LUT / Window Center & Width, or ``None`` for no windowing.
+        invert_monochrome1: turn MONOCHROME1 images into MONOCHROME2 polarity.
+        size: the model's input (rows, columns); images are resized bilinearly.
+        normalization: how intensities map to the model's range.
+        channels: 1, or 3 to replicate a grey image into three channels.
+        layout: ``NCHW`` (channels first) or ``NHWC``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    modalities: list[str] = Field(min_length=1)
+    rescale: bool = True
+    window: Window | Literal["voi_lut"] | None = None
+    invert_monochrome1: bool = True
+    size: tuple[int, int]
+    normalization: Normalization = Normalization()
+    channels: Literal[1, 3] = 1
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+
+    @model_validator(mode="after")
+    def _check_size(self) -> PreprocessSpec:
+        rows, cols = self.size
+        if not (1 <= rows <= 8192 and 1 <= cols <= 8192):
+            raise ValueError(f"size must be between 1 and 8192 pixels per side, got {self.size}")
+        return self
+
+    def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
+        """The model input shape this spec produces for ``batch`` images."""
+        rows, cols = self.size
+        if self.layout == "NCHW":
+            return (batch, self.channels, rows, cols)
+        return (batch, rows, cols, self.channels)
