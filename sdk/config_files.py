@@ -14,11 +14,12 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from sdk.errors import ConfigError
+from sdk.errors import ConfigError, MedgeError
 
 __all__ = ["config_error_from_validation", "load_toml_model", "read_toml"]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+ErrorT = TypeVar("ErrorT", bound=MedgeError)
 
 
 def read_toml(path: str | Path, what: str, *, error: type[ConfigError] = ConfigError) -> dict[str, Any]:
@@ -35,8 +36,8 @@ def read_toml(path: str | Path, what: str, *, error: type[ConfigError] = ConfigE
 
 
 def config_error_from_validation(
-    exc: ValidationError, path: str | Path | None, *, error: type[ConfigError] = ConfigError
-) -> ConfigError:
+    exc: ValidationError, path: str | Path | None, *, error: type[ErrorT] = ConfigError  # type: ignore[assignment]
+) -> ErrorT:
     """Turn pydantic's first error into ``error`` naming the file and the dotted field."""
     problems = exc.errors()
     first = problems[0]

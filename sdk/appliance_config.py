@@ -1,0 +1,140 @@
+"""The appliance config (``appliance.toml``) with environment overrides.
+
+Every field can be overridden by an environment variable named
+``MEDGE_<SECTION>__<FIELD>`` (e.g. ``MEDGE_MQTT__HOST=broker.local``), which
+wins over the file: systemd drop-ins and containers set site specifics that
+way. Unsafe settings (an anonymous broker connection, a catch-all calling AE
+list) are refused unless ``appliance.demo`` is true.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from sdk.config_files import config_error_from_validation, read_toml
+
+__all__ = [
+    "ApplianceConfig",
+    "ApplianceSection",
+    "DicomSection",
+    "MqttSection",
+    "PackagesSection",
+    "PhiSection",
+    "load_appliance_config",
+]
+
+_SEGMENT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ApplianceSection(_Section):
+    """Who this appliance is and where it keeps its state."""
+
+    site: str = Field(pattern=_SEGMENT)
+    device: str = Field(pattern=_SEGMENT)
+    profile: str | None = Field(default=None, description="device profile id; detected when absent")
+    data_dir: Path = Path("/var/lib/medge")
+    fail_closed: bool = Field(default=False, description="refuse to go live rather than fall back to CPU")
+    demo: bool = Field(default=False, description="allow settings only fit for a demo on loopback")
+
+
+class DicomSection(_Section):
+    """The DICOM Storage SCP."""
+
+    ae_title: str = Field(default="MEDGE", min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")
+    host: str = "0.0.0.0"
+    port: int = Field(default=11112, ge=1, le=65535)
+    allowed_calling_aes: list[str] = []
+    quiet_time_s: float = Field(default=5.0, ge=0)
+    spool_quota_mb: int = Field(default=10_240, ge=1)
+    watch_dir: Path | None = None
+
+
+class MqttSection(_Section):
+    """The broker connection."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8883, ge=1, le=65535)
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.ca_file is not None
+
+
+class PackagesSection(_Section):
+    """Installed model packages and the keys they must be signed with."""
+
+    dir: Path = Path("/var/lib/medge/packages")
+    trusted_keys_dir: Path | None = None
+
+
+class PhiSection(_Section):
+    """What patient-identifying references may leave the appliance."""
+
+    policy: Literal["pseudonymous", "accession"] = "pseudonymous"
+    site_key_file: Path | None = None
+
+
+class ApplianceConfig(BaseSettings):
+    """The whole appliance config; see the module docstring for overrides."""
+
+    model_config = SettingsConfigDict(env_prefix="MEDGE_", env_nested_delimiter="__", extra="forbid")
+
+    appliance: ApplianceSection
+    dicom: DicomSection = DicomSection()
+    mqtt: MqttSection = MqttSection()
+    packages: PackagesSection = PackagesSection()
+    phi: PhiSection = PhiSection()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file arrives as init kwargs; the environment must win over it.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> ApplianceConfig:
+        if self.appliance.demo:
+            return self
+        if self.mqtt.username is None and self.mqtt.cert_file is None:
+            raise ValueError("mqtt needs a username/password_file or a client certificate (anonymous is demo-only)")
+        if self.mqtt.username is not None and self.mqtt.password_file is None:
+            raise ValueError("mqtt.username is set but mqtt.password_file is not")
+        if not self.dicom.allowed_calling_aes:
+            raise ValueError(
+                "dicom.allowed_calling_aes is empty: list the scanners' AE titles (open to all is demo-only)"
+            )
+        return self
+
+
+def load_appliance_config(path: str | Path) -> ApplianceConfig:
+    """Read ``appliance.toml`` and apply ``MEDGE_*`` environment overrides.
+
+    Raises:
+        ConfigError: the file is missing or not TOML, or a value is invalid
+            (names the file and the field).
+    """
+    data = read_toml(path, "appliance config")
+    try:
+        return ApplianceConfig(**data)
+    except ValidationError as exc:
+        raise config_error_from_validation(exc, path) from exc

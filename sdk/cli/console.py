@@ -1,0 +1,55 @@
+"""The CLI's presentation layer: consoles, and turning medge errors into one red line.
+
+Every command of the ``medge`` CLI is a :class:`MedgeCommand`, so a user
+error (:class:`~sdk.errors.MedgeError`) prints ``error: <what, where, why>``
+on stderr and exits with code 2, without a traceback. Anything else is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperCommand
+
+from sdk.errors import MedgeError
+
+__all__ = ["EXIT_USER_ERROR", "MedgeCommand", "MedgeTyper", "console", "err_console", "report_error"]
+
+EXIT_USER_ERROR = 2
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def report_error(exc: MedgeError) -> None:
+    """Print a medge error as one line on stderr."""
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+
+
+class MedgeCommand(TyperCommand):
+    """A typer command that reports :class:`MedgeError` as a clean one-line error."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MedgeError as exc:
+            report_error(exc)
+            ctx.exit(EXIT_USER_ERROR)
+
+
+class MedgeTyper(typer.Typer):
+    """``typer.Typer`` whose commands are :class:`MedgeCommand` by default."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("no_args_is_help", True)
+        kwargs.setdefault("pretty_exceptions_show_locals", False)
+        kwargs.setdefault("rich_markup_mode", "rich")
+        super().__init__(**kwargs)
+
+    def command(self, *args: Any, cls: type[TyperCommand] | None = MedgeCommand, **kwargs: Any) -> Any:
+        return super().command(*args, cls=cls, **kwargs)
