@@ -36,7 +36,10 @@ def read_toml(path: str | Path, what: str, *, error: type[ConfigError] = ConfigE
 
 
 def config_error_from_validation(
-    exc: ValidationError, path: str | Path | None, *, error: type[ErrorT] = ConfigError  # type: ignore[assignment]
+    exc: ValidationError,
+    path: str | Path | None,
+    *,
+    error: type[ErrorT] = ConfigError,  # type: ignore[assignment]
 ) -> ErrorT:
     """Turn pydantic's first error into ``error`` naming the file and the dotted field."""
     problems = exc.errors()

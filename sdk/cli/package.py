@@ -85,4 +85,3 @@ def verify(
         err_console.print(f"[bold red]verification failed:[/] {failed} check")
         raise typer.Exit(1)
     console.print(f"[bold green]{package} verified[/]")
-

@@ -1,0 +1,51 @@
+"""The ``medge`` command line: one entry point for device makers and field techs."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from sdk.cli import keys, package, profiles
+from sdk.cli.console import MedgeTyper, console
+from sdk.cli.demo import demo
+
+app = MedgeTyper(
+    help=(
+        "medge: compile, sign, run and report medical-imaging models on edge appliances.\n\n"
+        "Start with [bold]medge profiles detect[/] to see which device profile fits this machine."
+    ),
+)
+app.add_typer(profiles.app, name="profiles")
+app.add_typer(keys.app, name="keys")
+app.add_typer(package.app, name="package")
+app.command("demo")(demo)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"medge {version('medge')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr."),
+    show_version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app()
