@@ -1,0 +1,133 @@
+"""Running one verified package on DICOM datasets: preprocess → engine → post-process.
+
+The analyzer is the unit the runtime schedules: it owns a loaded engine and
+the package's preprocessing spec, checks the package's golden samples
+(on-device acceptance), and times each stage for the finding's latency
+breakdown.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydicom import Dataset
+
+from runtime.engines import Engine, Placement, load_engine
+from runtime.postprocess import Classification, classify
+from sdk.errors import EngineError
+from sdk.package import ModelPackage
+from sdk.preprocessing import preprocess
+
+__all__ = ["Analysis", "Analyzer", "GoldenReport"]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The result for one image (frame) with its stage timings in milliseconds."""
+
+    frame: int | None
+    result: Classification
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GoldenReport:
+    """How the package's golden samples came out on this device."""
+
+    passed: int
+    total: int
+    worst_delta: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.total > 0 and self.passed == self.total
+
+
+def _load_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+class Analyzer:
+    """One live package.
+
+    Args:
+        package: a package that passed :func:`sdk.package.verify_package`.
+        preferences: providers/devices in the profile's order.
+        threads: engine threads (0: the engine's default).
+        cache_dir: engine model cache (OpenVINO).
+
+    Raises:
+        EngineError: the engine cannot load the package.
+    """
+
+    def __init__(
+        self, package: ModelPackage, preferences: list[str], *, threads: int = 0, cache_dir: Path | None = None
+    ) -> None:
+        self.package = package
+        self.manifest = package.manifest
+        self._engine: Engine = load_engine(package, preferences, threads=threads, cache_dir=cache_dir)
+        self._input = self.manifest.inputs[0].name
+
+    @property
+    def placement(self) -> Placement:
+        return self._engine.placement
+
+    def run_tensor(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run a preprocessed batch through the engine."""
+        return self._engine.run({self._input: np.ascontiguousarray(batch, dtype=np.float32)})
+
+    def check_golden(self) -> GoldenReport:
+        """Run every golden sample and compare with the expected outputs.
+
+        Raises:
+            EngineError: the package has no golden samples (it cannot be accepted).
+        """
+        samples = self.manifest.golden
+        if not samples:
+            raise EngineError(f"package {self.manifest.model.name} has no golden samples to accept it with")
+        passed, worst = 0, 0.0
+        for sample in samples:
+            outputs = self.run_tensor(_load_npy(self.package.read(sample.input)))
+            delta = 0.0
+            for name, member in sample.outputs.items():
+                expected = _load_npy(self.package.read(member))
+                got = outputs.get(name)
+                if got is None or got.shape != expected.shape:
+                    delta = float("inf")
+                    break
+                delta = max(delta, float(np.max(np.abs(got.astype(np.float64) - expected))))
+            worst = max(worst, delta)
+            passed += delta <= sample.tolerance
+        return GoldenReport(passed, len(samples), worst, min(s.tolerance for s in samples))
+
+    def analyze(self, ds: Dataset) -> list[Analysis]:
+        """Analyse every frame of a dataset.
+
+        Raises:
+            PreprocessingError: the dataset cannot become a model input.
+            EngineError: the engine failed or its outputs do not fit the config.
+        """
+        config = self.manifest.model
+        t0 = time.perf_counter()
+        batch = preprocess(ds, config.preprocessing)
+        t1 = time.perf_counter()
+        outputs = self.run_tensor(batch)
+        t2 = time.perf_counter()
+        frames = len(batch)
+        results = [classify(outputs, config, index, ds) for index in range(frames)]
+        t3 = time.perf_counter()
+        latency = {
+            "preprocess": round((t1 - t0) * 1e3 / frames, 3),
+            "infer": round((t2 - t1) * 1e3 / frames, 3),
+            "postprocess": round((t3 - t2) * 1e3 / frames, 3),
+        }
+        multi = frames > 1
+        return [Analysis(index if multi else None, result, latency) for index, result in enumerate(results)]
+
+    def close(self) -> None:
+        self._engine.close()
