@@ -72,7 +72,7 @@ lock:
 	rm -rf build/lockenv && $(PYTHON) -m venv build/lockenv
 	build/lockenv/bin/pip install -q -U pip
 	build/lockenv/bin/pip install -q ".[openvino,compile,dashboard,sr,dev]" setuptools
-	(echo "# Pinned Python dependencies for every extra but `train` (make lock re-pins)."; build/lockenv/bin/pip freeze --all --exclude medge --exclude pip --exclude wheel) > requirements.lock
+	(echo '# Pinned Python dependencies for every extra but train (make lock re-pins).'; build/lockenv/bin/pip freeze --all --exclude medge --exclude pip --exclude wheel) > requirements.lock
 	rm -rf build/lockenv
 
 clean:
