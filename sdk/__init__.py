@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "load_model_config": "sdk.model_config",
     "PreprocessSpec": "sdk.preprocess_spec",
     "preprocess": "sdk.preprocessing",
+    "check_input": "sdk.preprocessing",
     # packages and keys
     "Manifest": "sdk.manifest",
     "ModelPackage": "sdk.package",
@@ -72,6 +73,7 @@ __all__ = [
     "TopicKind",
     "TrustStore",
     "VerificationError",
+    "check_input",
     "check_package",
     "generate_keypair",
     "load_appliance_config",
@@ -119,7 +121,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from sdk.model_config import ModelConfig, load_model_config
     from sdk.package import ModelPackage, check_package, open_package, verify_package, write_package
     from sdk.preprocess_spec import PreprocessSpec
-    from sdk.preprocessing import preprocess
+    from sdk.preprocessing import check_input, preprocess
     from sdk.signing import generate_keypair, load_private_key, load_public_key
     from sdk.topics import TopicKind, topic
     from sdk.trust import TrustStore

@@ -26,9 +26,11 @@ class Window(BaseModel):
 class Normalization(BaseModel):
     """How the (windowed) intensities map to the model's numeric range.
 
-    ``unit``: the window maps linearly onto [0, 1] (without a window: the
-    image's own min..max). ``zscore``: ``(x - mean) / std``. ``none``: values pass
-    through. ``mean``/``std`` are applied after ``unit`` scaling when given.
+    ``unit``: the window already maps onto [0, 1]; without a window, each
+    frame's own min..max is mapped onto [0, 1]. ``zscore``: each frame is
+    centred and scaled by its own mean and standard deviation. ``none``:
+    values pass through. Then, in every mode, ``(x - mean) / std`` with this
+    model's ``mean`` and ``std`` (identity by default).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
