@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from runtime.engines.base import Engine, Placement
@@ -20,13 +21,15 @@ def load_engine(
         package: a verified package.
         preferences: execution providers (ONNX Runtime) or devices (OpenVINO),
             in the profile's order of preference.
-        threads: intra-op threads (0: the engine's default).
+        threads: intra-op threads (0: the engine's default); capped at this host's CPU count.
         cache_dir: OpenVINO's compiled-model cache.
 
     Raises:
         EngineError: the engine cannot load the model on any preferred device.
     """
     spec = package.manifest.engine
+    # A profile's thread count is for its board; never oversubscribe a smaller host.
+    threads = min(threads, os.cpu_count() or 1) if threads > 0 else 0
     name = f"{package.manifest.model.name} {package.manifest.model.version}"
     if spec.name == "onnxruntime":
         from runtime.engines.onnxruntime_engine import OnnxRuntimeEngine

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -34,7 +33,7 @@ def report_error(exc: MedgeError) -> None:
 class MedgeCommand(TyperCommand):
     """A typer command that reports :class:`MedgeError` as a clean one-line error."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except MedgeError as exc:

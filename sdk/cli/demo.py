@@ -1,0 +1,184 @@
+"""``medge demo``: the whole chain on this machine with embedded defaults.
+
+Phantom chest-CT studies → the reference model packaged and signed for the
+detected device profile → verified → golden samples checked → every slice
+analysed → a findings table scored against the phantoms' ground truth.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sdk.cli.console import console
+
+DEMO_KEY_NAME = "demo-signing"
+
+
+@dataclass
+class _SliceResult:
+    study: str
+    instance: int
+    truth: bool
+    score: float
+    positive: bool
+    where: str
+    latency_ms: float
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def demo(
+    once: bool = typer.Option(False, "--once", help="Exit after the summary (for scripts); exit code 0."),
+    out: Path = typer.Option(Path("build/demo"), help="Where studies, keys and the package go."),
+    studies: int = typer.Option(6, min=1, max=100, help="How many phantom studies to make."),
+    slices: int = typer.Option(24, min=4, max=256, help="Slices per phantom series."),
+    seed: int = typer.Option(2026, help="Seed of the phantom studies."),
+    profile: str | None = typer.Option(None, help="Device profile id; detected from this host when omitted."),
+) -> None:
+    """Run the medge demo: phantoms → signed package for this host's profile → findings.
+
+    [dim]Later stages (broker, appliance service, dashboard) join this same command.[/]
+    """
+    import numpy as np
+    import pydicom
+
+    from device_profiles import detect_host, get_profile, list_profiles, match_profile
+    from quantization.fp32 import package_fp32
+    from runtime.analyzer import Analyzer
+    from sdk.model_config import load_model_config
+    from sdk.package import verify_package
+    from sdk.preprocessing import preprocess
+    from sdk.reference_model import config_path, onnx_path
+    from sdk.signing import generate_keypair, load_private_key
+    from sdk.testing import PhantomSpec, generate_studies
+    from sdk.trust import TrustStore
+
+    started = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+
+    # 1. Which board is this?
+    if profile is None:
+        detection = match_profile(detect_host(), list_profiles())
+        chosen = get_profile(detection.profile_id)
+        console.print(f"[bold]profile[/]   {chosen.id}  [dim]({'; '.join(detection.reasons)})[/]")
+    else:
+        chosen = get_profile(profile)
+        console.print(f"[bold]profile[/]   {chosen.id}  [dim](given)[/]")
+
+    # 2. Phantom studies with known nodules.
+    study_dir = out / "studies"
+    spec = PhantomSpec(slices=slices)
+    with console.status(f"writing {studies} phantom chest-CT studies of {slices} slices"):
+        truths = generate_studies(study_dir, studies, spec, seed=seed)
+    console.print(f"[bold]studies[/]   {studies} phantom studies in {study_dir}")
+
+    # 3. A demo signing key, trusted on this machine.
+    key_dir = out / "keys"
+    private_path = key_dir / f"{DEMO_KEY_NAME}.key"
+    if not private_path.exists():
+        generate_keypair(key_dir, DEMO_KEY_NAME)
+    trust = TrustStore.load()
+    key_id = trust.add(key_dir / f"{DEMO_KEY_NAME}.pub")
+    console.print(f"[bold]key[/]       {key_id} (demo key, trusted in {trust.folder})")
+
+    # 4. Package the reference model for the profile (FP32; quantization comes with `medge compile`).
+    model_path = onnx_path()
+    config = load_model_config(config_path())
+    first = truths[0].series[0]
+    golden_files = [study_dir / truths[0].folder / s.file for s in first.slices[:: max(1, len(first.slices) // 4)]][:4]
+    golden = np.concatenate([preprocess(pydicom.dcmread(path), config.preprocessing) for path in golden_files])
+    package_path = out / f"{config.name}-{config.version}-{chosen.id}-fp32.medge"
+    with console.status(f"packaging {config.name} {config.version} for {chosen.id}"):
+        package_fp32(model_path, config, chosen, load_private_key(private_path), package_path, golden)
+    console.print(f"[bold]package[/]   {package_path} ({package_path.stat().st_size / 1e6:.1f} MB, signed)")
+
+    # 5. What an appliance does at start: verify, load, accept with golden samples.
+    package = verify_package(package_path, TrustStore.load())
+    analyzer = Analyzer(package, chosen.preferences, threads=chosen.default_threads)
+    report = analyzer.check_golden()
+    if not report.ok:
+        console.print(f"[bold red]golden samples failed[/] ({report.passed}/{report.total}, worst Δ {report.worst_delta:g})")
+        raise typer.Exit(0 if once else 1)
+    placement = analyzer.placement
+    console.print(
+        f"[bold]engine[/]    {placement.engine} on {placement.device}"
+        + (f" [yellow](degraded: {placement.reason})[/]" if placement.degraded else "")
+        + f"; golden samples {report.passed}/{report.total} within {report.tolerance:g}"
+    )
+
+    # 6. Analyse every slice.
+    results: list[_SliceResult] = []
+    total = sum(len(s.slices) for t in truths for s in t.series)
+    with _progress() as progress:
+        task = progress.add_task("analysing slices", total=total)
+        for truth in truths:
+            for series in truth.series:
+                for slice_truth in series.slices:
+                    ds = pydicom.dcmread(study_dir / truth.folder / slice_truth.file)
+                    t0 = time.perf_counter()
+                    (analysis,) = analyzer.analyze(ds)
+                    elapsed = (time.perf_counter() - t0) * 1e3
+                    result = analysis.result
+                    where = ""
+                    if result.positive and result.patient_mm is not None:
+                        x, y, z = result.patient_mm
+                        where = f"({x:.0f}, {y:.0f}, {z:.0f}) mm"
+                    results.append(
+                        _SliceResult(
+                            truth.patient_id,
+                            slice_truth.instance_number,
+                            slice_truth.has_nodule,
+                            result.score,
+                            result.positive,
+                            where,
+                            elapsed,
+                        )
+                    )
+                    progress.advance(task)
+    analyzer.close()
+    _print_findings(results, config.thresholds[config.labels[0]])
+    console.print(f"[dim]demo finished in {time.monotonic() - started:.1f} s[/]")
+
+
+def _print_findings(results: list[_SliceResult], threshold: float) -> None:
+    table = Table(title=f"findings (nodule probability ≥ {threshold:g})")
+    for column in ("study", "slice", "score", "where (patient)", "ground truth"):
+        table.add_column(column, justify="right" if column in {"slice", "score"} else "left")
+    for item in results:
+        if item.positive or item.truth:
+            verdict = (
+                "[green]nodule ✓[/]" if item.positive and item.truth else
+                "[yellow]false positive[/]" if item.positive else "[red]missed nodule[/]"
+            )
+            score = f"[bold]{item.score:.3f}[/]" if item.positive else f"{item.score:.3f}"
+            table.add_row(item.study, str(item.instance), score, item.where, verdict)
+    console.print(table)
+    tp = sum(r.positive and r.truth for r in results)
+    fn = sum(not r.positive and r.truth for r in results)
+    tn = sum(not r.positive and not r.truth for r in results)
+    fp = sum(r.positive and not r.truth for r in results)
+    sensitivity = tp / (tp + fn) if tp + fn else float("nan")
+    specificity = tn / (tn + fp) if tn + fp else float("nan")
+    latencies = sorted(r.latency_ms for r in results)
+    p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
+    console.print(
+        f"[bold]summary[/]   {len(results)} slices, {tp + fp} positive findings; "
+        f"sensitivity {sensitivity:.1%}, specificity {specificity:.1%} against ground truth; "
+        f"latency p50 {statistics.median(latencies):.1f} ms, p95 {p95:.1f} ms per slice"
+    )
