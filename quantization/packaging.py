@@ -8,6 +8,7 @@ manifest and signs it.
 
 from __future__ import annotations
 
+import gzip
 import io
 import logging
 import time
@@ -77,10 +78,11 @@ def convert_to_openvino_ir(onnx_path: Path, *, compress_to_fp16: bool = False) -
         return {"model.xml": xml.read_bytes(), "model.bin": xml.with_suffix(".bin").read_bytes()}
 
 
-def _npy(array: np.ndarray) -> bytes:
+def _npy_gz(array: np.ndarray) -> bytes:
+    """An array as gzip'd ``.npy`` (mtime 0, so the bytes depend on the array only)."""
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
+    return gzip.compress(buffer.getvalue(), compresslevel=9, mtime=0)
 
 
 def _golden_files(
@@ -98,12 +100,12 @@ def _golden_files(
         for index, sample in enumerate(inputs):
             batch = sample[np.newaxis].astype(np.float32)
             outputs = engine.run({input_name: batch})
-            input_file = f"golden/{index:03d}/input.npy"
-            files[input_file] = _npy(batch)
+            input_file = f"golden/{index:03d}/input.npy.gz"
+            files[input_file] = _npy_gz(batch)
             output_files = {}
             for name, value in sorted(outputs.items()):
-                output_files[name] = f"golden/{index:03d}/{name}.npy"
-                files[output_files[name]] = _npy(value)
+                output_files[name] = f"golden/{index:03d}/{name}.npy.gz"
+                files[output_files[name]] = _npy_gz(value)
             samples.append(GoldenSample(input=input_file, outputs=output_files, tolerance=tolerance))
         return files, samples
     finally:

@@ -8,6 +8,7 @@ breakdown.
 
 from __future__ import annotations
 
+import gzip
 import io
 import time
 from dataclasses import dataclass, field
@@ -48,7 +49,9 @@ class GoldenReport:
         return self.total > 0 and self.passed == self.total
 
 
-def _load_npy(data: bytes) -> np.ndarray:
+def _load_npy(name: str, data: bytes) -> np.ndarray:
+    if name.endswith(".gz"):
+        data = gzip.decompress(data)
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
@@ -92,10 +95,10 @@ class Analyzer:
             raise EngineError(f"package {self.manifest.model.name} has no golden samples to accept it with")
         passed, worst = 0, 0.0
         for sample in samples:
-            outputs = self.run_tensor(_load_npy(self.package.read(sample.input)))
+            outputs = self.run_tensor(_load_npy(sample.input, self.package.read(sample.input)))
             delta = 0.0
             for name, member in sample.outputs.items():
-                expected = _load_npy(self.package.read(member))
+                expected = _load_npy(member, self.package.read(member))
                 got = outputs.get(name)
                 if got is None or got.shape != expected.shape:
                     delta = float("inf")

@@ -100,7 +100,9 @@ class FidelityReport(_Strict):
 class GoldenSample(_Strict):
     """An input and the outputs it must give on the device, within ``tolerance``.
 
-    ``input`` and ``outputs`` name ``.npy`` files inside the package.
+    ``input`` and ``outputs`` name ``.npy`` files inside the package, gzip'd
+    when their name ends in ``.gz`` (inputs are most of a package's bytes
+    besides the model).
     """
 
     input: str

@@ -8,6 +8,8 @@ and keeps its traceback.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import typer
@@ -21,8 +23,10 @@ __all__ = ["EXIT_USER_ERROR", "MedgeCommand", "MedgeTyper", "console", "err_cons
 
 EXIT_USER_ERROR = 2
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (make, CI logs) would otherwise be cut at 80 columns, which wraps tables badly.
+_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
 
 
 def report_error(exc: MedgeError) -> None:
