@@ -11,6 +11,7 @@ from sdk.cli.console import MedgeTyper, console
 from sdk.cli.demo import demo
 
 app = MedgeTyper(
+    add_completion=False,
     help=(
         "medge: compile, sign, run and report medical-imaging models on edge appliances.\n\n"
         "Start with [bold]medge profiles detect[/] to see which device profile fits this machine."
