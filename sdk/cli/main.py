@@ -7,6 +7,7 @@ import logging
 import typer
 
 from sdk.cli import keys, package, profiles
+from sdk.cli.bench import bench
 from sdk.cli.console import MedgeTyper, console
 from sdk.cli.demo import demo
 
@@ -20,6 +21,7 @@ app = MedgeTyper(
 app.add_typer(profiles.app, name="profiles")
 app.add_typer(keys.app, name="keys")
 app.add_typer(package.app, name="package")
+app.command("bench")(bench)
 app.command("demo")(demo)
 
 
