@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sdk.config_files import config_error_from_validation
 from sdk.errors import PackageFormatError
+from sdk.input_statistics import InputStatistics
 from sdk.model_config import ModelConfig
 
 __all__ = [
@@ -121,6 +122,7 @@ class Manifest(_Strict):
     compile: CompileRecord
     fidelity: FidelityReport | None = None
     golden: list[GoldenSample] = []
+    input_statistics: InputStatistics | None = None
     extra: dict[str, Any] = {}
     files: dict[str, str] = {}
 
