@@ -16,12 +16,14 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from runtime.engines import load_engine
 from sdk.errors import PackageError
+from sdk.input_statistics import InputStatistics
 from sdk.manifest import FORMAT_VERSION, CompileRecord, EngineSpec, FidelityReport, GoldenSample, Manifest, TensorSpec
 from sdk.model_config import ModelConfig
 from sdk.package import ModelPackage, write_package
@@ -127,6 +129,8 @@ def package_model(
     method: str,
     fidelity: FidelityReport | None = None,
     extra_record: Mapping[str, object] | None = None,
+    input_statistics: InputStatistics | None = None,
+    extra: Mapping[str, Any] | None = None,
     started: float | None = None,
 ) -> Manifest:
     """Assemble, sign and write a package; returns the manifest as written.
@@ -145,6 +149,8 @@ def package_model(
         method: how the engine files were made (for the compile record).
         fidelity: the accuracy report against FP32, where one was measured.
         extra_record: more compile-record fields (calibration, float nodes, notes).
+        input_statistics: the calibration inputs' statistics, for the runtime's drift watch.
+        extra: free-form manifest data (e.g. every quantization attempt's figures).
         started: ``time.monotonic()`` when compilation began, for the duration.
 
     Raises:
@@ -184,6 +190,8 @@ def package_model(
             **record,  # type: ignore[arg-type]
         ),
         fidelity=fidelity,
+        input_statistics=input_statistics,
+        extra=dict(extra or {}),
     )
     golden_files, golden = _golden_files(dict(engine_files), draft, preferences, golden_inputs)
     duration = round(time.monotonic() - started, 3)

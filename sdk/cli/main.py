@@ -8,6 +8,7 @@ import typer
 
 from sdk.cli import keys, package, profiles
 from sdk.cli.bench import bench
+from sdk.cli.compile import compile_command
 from sdk.cli.console import MedgeTyper, console
 from sdk.cli.demo import demo
 
@@ -21,6 +22,7 @@ app = MedgeTyper(
 app.add_typer(profiles.app, name="profiles")
 app.add_typer(keys.app, name="keys")
 app.add_typer(package.app, name="package")
+app.command("compile")(compile_command)
 app.command("bench")(bench)
 app.command("demo")(demo)
 

@@ -269,7 +269,7 @@ def test_int8_needs_the_accelerator_or_the_cpu_flags() -> None:
 
 def test_int8_not_offered_by_the_profile() -> None:
     data = get_profile("generic-x86_64-cpu").model_dump()
-    data.update(precisions=["fp32"], quantization=None, int8_hints=None)
+    data.update(precisions=["fp32"], default_precision="fp32", quantization=None, int8_hints=None)
     fp32_only = DeviceProfile.model_validate(data)
     ok, why = int8_expected_to_pay_off(fp32_only, HostFacts(cpu_arch="x86_64", cpu_flags=frozenset({"amx_int8"})))
     assert not ok and "not among the precisions" in why
