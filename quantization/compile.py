@@ -32,7 +32,9 @@ from device_profiles import DeviceProfile, detect_host, int8_expected_to_pay_off
 from quantization.calibration import CalibrationSet, load_calibration
 from quantization.fidelity import GateResult, compare
 from quantization.graph_checks import CheckedModel, check_model
-from quantization.packaging import convert_to_openvino_ir, package_model
+from quantization.openvino_ir import convert_to_openvino_ir
+from quantization.packaging import package_model
+from quantization.vendor_telemetry import decline_vendor_telemetry
 from sdk.errors import ConfigError
 from sdk.manifest import Manifest
 from sdk.model_config import ModelConfig
@@ -209,6 +211,7 @@ def compile_package(
     """
     options = options or CompileOptions()
     listener = listener or _Quiet()
+    decline_vendor_telemetry()
     seconds: dict[str, float] = {}
     started = time.monotonic()
     precision = profile.default_precision if options.precision == "auto" else options.precision
@@ -302,10 +305,9 @@ def compile_package(
                 )
                 files, gate, method = ov_result.files, ov_result.gate, ov_result.method
                 float_nodes = ov_result.float_layers
-                attempts = [
-                    {"settings": str(a.settings), "passed": a.gate.passed, "failures": a.gate.failures}
-                    for a in ov_result.attempts
-                ]
+                attempts = [attempt.summary() for attempt in ov_result.attempts]
+                for message in ov_result.notes:
+                    listener.note(message)
                 package_precision = ov_result.precision
             elif precision == "fp16":
                 from quantization.openvino_int8 import fp16_openvino

@@ -28,7 +28,7 @@ from sdk.manifest import FORMAT_VERSION, CompileRecord, EngineSpec, FidelityRepo
 from sdk.model_config import ModelConfig
 from sdk.package import ModelPackage, write_package
 
-__all__ = ["GOLDEN_TOLERANCE", "EngineFiles", "convert_to_openvino_ir", "model_tensors", "package_model"]
+__all__ = ["GOLDEN_TOLERANCE", "EngineFiles", "model_tensors", "package_model"]
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +65,6 @@ def model_tensors(onnx_bytes: bytes) -> tuple[list[TensorSpec], list[TensorSpec]
         return TensorSpec(name=getattr(arg, "name", ""), shape=dims, dtype="float32" if dtype == "float" else dtype)
 
     return [spec(arg) for arg in session.get_inputs()], [spec(arg) for arg in session.get_outputs()]
-
-
-def convert_to_openvino_ir(onnx_path: Path, *, compress_to_fp16: bool = False) -> EngineFiles:
-    """Convert an ONNX file to OpenVINO IR bytes (``model.xml``, ``model.bin``)."""
-    import tempfile
-
-    import openvino as ov
-
-    model = ov.convert_model(str(onnx_path))
-    with tempfile.TemporaryDirectory(prefix="medge-ir-") as tmp:
-        xml = Path(tmp) / "model.xml"
-        ov.save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
-        return {"model.xml": xml.read_bytes(), "model.bin": xml.with_suffix(".bin").read_bytes()}
 
 
 def _npy_gz(array: np.ndarray) -> bytes:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from quantization.errors import QuantizationGateError
 
 
-class _RichListener:
+class RichListener:
     """Draws one progress line per stage and prints the notes of the search."""
 
     def __init__(self, progress: Progress) -> None:
@@ -45,7 +45,7 @@ class _RichListener:
             self.progress.remove_task(self.task)
 
 
-def _summary(result: CompileResult) -> Table:
+def compile_summary(result: CompileResult) -> Table:
     manifest = result.manifest
     table = Table(title=f"compiled {manifest.model.name} {manifest.model.version} for {manifest.engine.profile}")
     table.add_column("", style="bold")
@@ -154,7 +154,7 @@ def compile_command(
         TimeElapsedColumn(),
         console=console,
     )
-    listener = _RichListener(progress)
+    listener = RichListener(progress)
     try:
         with progress:
             result = compile_package(model, model_config, target, calib, private_key, out, options, listener=listener)
@@ -162,4 +162,4 @@ def compile_command(
     except QuantizationGateError as exc:
         _gate_failure(exc)
         raise typer.Exit(1) from None
-    console.print(_summary(result))
+    console.print(compile_summary(result))

@@ -1,7 +1,7 @@
 """``medge demo``: the whole chain on this machine with embedded defaults.
 
-Phantom chest-CT studies → the reference model packaged and signed for the
-detected device profile → verified → golden samples checked → every slice
+Phantom chest-CT studies → the reference model compiled (quantized where the
+profile says so), gated and signed for the detected device profile → verified → golden samples checked → every slice
 analysed → a findings table scored against the phantoms' ground truth.
 """
 
@@ -16,6 +16,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sdk.cli.compile import RichListener, compile_summary
 from sdk.cli.console import console
 
 DEMO_KEY_NAME = "demo-signing"
@@ -50,20 +51,20 @@ def demo(
     slices: int = typer.Option(24, min=4, max=256, help="Slices per phantom series."),
     seed: int = typer.Option(2026, help="Seed of the phantom studies."),
     profile: str | None = typer.Option(None, help="Device profile id; detected from this host when omitted."),
+    calib_studies: int = typer.Option(10, min=2, max=100, help="Phantom studies to calibrate the compile on."),
 ) -> None:
-    """Run the medge demo: phantoms → signed package for this host's profile → findings.
+    """Run the medge demo: phantoms → compiled, signed package for this host's profile → findings.
 
     [dim]Later stages (broker, appliance service, dashboard) join this same command.[/]
     """
-    import numpy as np
     import pydicom
 
     from device_profiles import detect_host, get_profile, list_profiles, match_profile
-    from quantization.fp32 import package_fp32
+    from quantization.calibration import labels_from_phantom_truth
+    from quantization.compile import CompileOptions, compile_package
     from runtime.analyzer import Analyzer
     from sdk.model_config import load_model_config
     from sdk.package import verify_package
-    from sdk.preprocessing import preprocess
     from sdk.reference_model import config_path, onnx_path
     from sdk.signing import generate_keypair, load_private_key
     from sdk.testing import PhantomSpec, generate_studies
@@ -97,18 +98,33 @@ def demo(
     key_id = trust.add(key_dir / f"{DEMO_KEY_NAME}.pub")
     console.print(f"[bold]key[/]       {key_id} (demo key, trusted in {trust.folder})")
 
-    # 4. Package the reference model for the profile (FP32; quantization comes with `medge compile`).
-    model_path = onnx_path()
+    # 4. Compile the reference model for the profile, calibrated and gated on the device maker's own studies.
     config = load_model_config(config_path())
-    first = truths[0].series[0]
-    # Golden samples: two slices with a nodule and one without, so acceptance exercises both answers.
-    picks = [s for s in first.slices if s.has_nodule][:2] + [s for s in first.slices if not s.has_nodule][:1]
-    golden_files = [study_dir / str(truths[0].folder) / str(s.file) for s in picks]
-    golden = np.concatenate([preprocess(pydicom.dcmread(path), config.preprocessing) for path in golden_files])
-    package_path = out / f"{config.name}-{config.version}-{chosen.id}-fp32.medge"
-    with console.status(f"packaging {config.name} {config.version} for {chosen.id}"):
-        package_fp32(model_path, config, chosen, load_private_key(private_path), package_path, golden)
-    console.print(f"[bold]package[/]   {package_path} ({package_path.stat().st_size / 1e6:.1f} MB, signed)")
+    calib_dir = out / "calibration"
+    with console.status(f"writing {calib_studies} calibration studies (the device maker's own data)"):
+        generate_studies(calib_dir, calib_studies, PhantomSpec(slices=32), seed=seed + 1)
+    package_path = out / f"{config.name}-{config.version}-{chosen.id}.medge"
+    progress = Progress(
+        TextColumn("[bold]{task.description:<36}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    listener = RichListener(progress)
+    with progress:
+        result = compile_package(
+            onnx_path(),
+            config,
+            chosen,
+            calib_dir,
+            load_private_key(private_path),
+            package_path,
+            CompileOptions(labels=labels_from_phantom_truth(calib_dir) or None),
+            listener=listener,
+        )
+        listener.close()
+    console.print(compile_summary(result))
 
     # 5. What an appliance does at start: verify, load, accept with golden samples.
     package = verify_package(package_path, TrustStore.load())
