@@ -250,6 +250,11 @@ def compile_package(
         f"{len(calib.calibration)} calibration + {len(calib.evaluation)} held-back slices "
         f"from {len(set(calib.calibration_series)) + len(set(calib.evaluation_series))} series"
     )
+    if len(calib.evaluation) < 100:
+        listener.note(
+            f"[warning] only {len(calib.evaluation)} held-back slices: one disagreement is "
+            f"{1 / max(len(calib.evaluation), 1):.1%}, too coarse for a 1 % gate; give more studies"
+        )
     seconds["calibration"] = time.monotonic() - t
 
     with tempfile.TemporaryDirectory(prefix="medge-compile-") as tmp:

@@ -245,10 +245,11 @@ def candidate_settings(scheme: QuantizationScheme) -> list[QuantSettings]:
 
 
 def preprocess_graph(model_path: str | Path, out_path: str | Path) -> None:
-    """Prepare an FP32 model for quantization: symbolic shape inference, ORT optimisations (constant folding,
-    Conv+BatchNorm and other fusions), ONNX shape inference.
+    """Prepare an FP32 model for quantization with ONNX Runtime's ``quant_pre_process``.
 
-    Fused graphs quantize better (one scale for Conv+BN instead of two) and
+    That is symbolic shape inference, ONNX Runtime's basic optimisations
+    (constant folding, Conv+BatchNorm and other fusions) and ONNX shape
+    inference. Fused graphs quantize better (one scale for Conv+BN instead of two) and
     every activation gets a known type, which quantization needs.
 
     Raises:
@@ -306,7 +307,7 @@ class _ActivationStatistics:
     asked for, fills a histogram of |activation| over ``[0, max |activation|]``.
     """
 
-    def __init__(self, model: onnx.ModelProto, input_name: str, calib: np.ndarray, batch: int) -> None:
+    def __init__(self, model: onnx.ModelProto, input_name: str, calib: np.ndarray) -> None:
         if calib.ndim < 2 or len(calib) == 0:
             raise ValueError(f"calibration array must be (N, ...) with N >= 1, got shape {calib.shape}")
         self.tensors = _tensors_to_calibrate(model)
@@ -317,16 +318,19 @@ class _ActivationStatistics:
         self._session = _session(augmented.SerializeToString(), "run the model for calibration")
         self._input_name = input_name
         self._calib = np.ascontiguousarray(calib, dtype=np.float32)
-        self._batch = batch
+        self._batching = _batching(model, input_name)
         self._extremes: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
         self._histograms: dict[str, tuple[np.ndarray, float]] | None = None
         self._cache: dict[tuple[str, float, bool], dict[str, TensorData]] = {}
 
     def _outputs(self) -> Iterator[dict[str, np.ndarray]]:
-        for start in range(0, len(self._calib), self._batch):
-            batch = _padded(self._calib[start : start + self._batch], self._batch)
+        size, fixed = self._batching
+        for start in range(0, len(self._calib), size):
+            chunk = self._calib[start : start + size]
             with _translated("run the model for calibration", None):
-                values = self._session.run(self.tensors, {self._input_name: batch})
+                values = self._session.run(self.tensors, {self._input_name: _padded(chunk, size) if fixed else chunk})
+            if fixed and len(chunk) < size:  # leave the padding out where the batch axis is visible
+                values = [v[: len(chunk)] if v.ndim and v.shape[0] == size else v for v in values]
             yield dict(zip(self.tensors, values, strict=True))
 
     def extremes(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -414,10 +418,10 @@ def _kl_threshold(hist: np.ndarray, amax: float) -> float:
 
 def _kl_divergence(p: np.ndarray, q: np.ndarray, eps: float = 1e-4) -> float:
     """KL(p || q) of two unnormalised histograms, with empty bins smoothed as ONNX Runtime and MXNet do."""
-    p, q = _smooth(p, eps), _smooth(q, eps)
-    if p is None or q is None:
+    smooth_p, smooth_q = _smooth(p, eps), _smooth(q, eps)
+    if smooth_p is None or smooth_q is None:
         return math.inf
-    p, q = p / p.sum(), q / q.sum()
+    p, q = smooth_p / smooth_p.sum(), smooth_q / smooth_q.sum()
     return float(np.sum(p * np.log(p / q)))
 
 
@@ -497,12 +501,12 @@ def quantize(
     settings = enforce_scheme(settings, profile_scheme)
     model = _load_prepared(Path(model_path))
     name = input_name or _single_input(model, model_path)
-    statistics = _ActivationStatistics(model, name, np.asarray(calib_array), _batch_size(model, name))
+    statistics = _ActivationStatistics(model, name, np.asarray(calib_array))
     return _quantize_model(model, statistics.ranges(settings), settings)
 
 
 def _load_prepared(model_path: Path) -> onnx.ModelProto:
-    """The model pre-processed for quantization and shape-inferred, loaded from ``model_path``."""
+    """The model at ``model_path`` pre-processed for quantization, shape-inferred and with every node named."""
     with tempfile.TemporaryDirectory(prefix="medge-int8-") as tmp:
         source = model_path
         with _translated("load the model", model_path):
@@ -511,7 +515,15 @@ def _load_prepared(model_path: Path) -> onnx.ModelProto:
             source = Path(tmp) / "preprocessed.onnx"
             preprocess_graph(model_path, source)
         with _translated("infer the model's shapes", model_path):
-            return load_model_with_shape_infer(source)
+            model = load_model_with_shape_infer(source)
+    taken = {node.name for node in model.graph.node}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:  # float fall-back and reports go by node name
+            node.name = f"{node.op_type}_{index}"
+            while node.name in taken:
+                node.name += "_"
+            taken.add(node.name)
+    return model
 
 
 def _quantize_model(
@@ -661,10 +673,13 @@ def check_tensorrt_qdq(model_bytes: bytes) -> list[str]:
         if scale is None or weight is None:
             continue
         channels = weight.dims[axis] if len(weight.dims) > axis else 1
+        declared = next((a.i for a in dequantize.attribute if a.name == "axis"), 1)  # the ONNX default axis is 1
         if len(scale.dims) != 1 or scale.dims[0] != channels:
             problems.append(
                 f"{label}: weight {node.input[1]!r} is quantized per tensor; TensorRT INT8 wants per-channel"
             )
+        elif channels > 1 and declared % len(weight.dims) != axis:
+            problems.append(f"{label}: weight {node.input[1]!r} is quantized along axis {declared}, not {axis}")
     return problems
 
 
@@ -727,7 +742,7 @@ class Int8Result:
         settings: the settings that made it (``nodes_to_exclude`` are kept in float).
         gate: its fidelity against FP32 on the held-back slices, with confidence intervals.
         float_nodes: node -> why it stays in float (for ``CompileRecord.float_nodes``).
-        attempts: every model tried, in order, the chosen one last.
+        attempts: every model tried, in order (the chosen one among them).
         layer_costs: what each layer cost on its own, worst first (empty when no fall-back was needed).
     """
 
@@ -759,10 +774,11 @@ def search_int8(
 
     The profile's own settings are tried first, then the other calibration
     methods and activation symmetries (:func:`candidate_settings`); the first
-    that passes wins. When none does, the best is taken, each layer's cost is
-    measured by quantizing it alone (:func:`~quantization.layer_sensitivity.rank_layers`),
-    and the costliest 1, 2, 4 ... up to ``max_float_nodes`` layers are kept in
-    float until the gate passes, then trimmed to the fewest that still pass.
+    that passes wins. When none does, the best (then the second best
+    calibration method) is taken, each layer's cost is measured by quantizing
+    it alone (:func:`~quantization.layer_sensitivity.rank_layers`), and the
+    costliest 1, 2, 4 ... up to ``max_float_nodes`` layers are kept in float
+    until the gate passes, then trimmed to the fewest that still pass.
 
     Args:
         model_path: the FP32 ONNX model (its image input named ``config.input.name``).
@@ -787,18 +803,22 @@ def search_int8(
             progress(message)
 
     evaluation = np.ascontiguousarray(evaluation, dtype=np.float32)
+    if len(evaluation) == 0 or len(calib) == 0:
+        raise ValueError("search_int8 needs calibration and held-back slices")
+    if labels is not None and len(labels) != len(evaluation):
+        raise ValueError(f"{len(labels)} labels for {len(evaluation)} held-back slices")
     model = _load_prepared(path)
     input_name = config.input.name
-    batch = _batch_size(model, input_name)
+    batching = _batching(model, input_name)
     outputs = [config.outputs.scores] + ([config.outputs.location] if config.outputs.location else [])
     thresholds = [config.thresholds[label] for label in config.labels]
     with _translated("load the model", path):
         original = path.read_bytes()
-    reference = _predict(original, input_name, evaluation, outputs, batch, config)
+    reference = _predict(original, input_name, evaluation, outputs, batching, config)
     say(f"FP32 reference outputs for {len(evaluation)} held-back slices")
 
     say(f"calibrating activation ranges on {len(calib)} slices")
-    statistics = _ActivationStatistics(model, input_name, np.asarray(calib), batch)
+    statistics = _ActivationStatistics(model, input_name, np.asarray(calib))
 
     def evaluate(
         settings: QuantSettings,
@@ -808,7 +828,7 @@ def search_int8(
     ) -> tuple[bytes, GateResult, dict[str, np.ndarray]]:
         blob = _quantize_model(model, statistics.ranges(settings), settings, nodes_to_quantize=nodes_to_quantize)
         slices = evaluation if subset is None else evaluation[subset]
-        predicted = _predict(blob, input_name, slices, outputs, batch, config)
+        predicted = _predict(blob, input_name, slices, outputs, batching, config)
         expected = reference if subset is None else {k: v[subset] for k, v in reference.items()}
         truth = None if labels is None else (labels if subset is None else np.asarray(labels)[subset])
         result = compare(
@@ -841,8 +861,12 @@ def search_int8(
             raise EngineError("the chosen INT8 model no longer passes the gate", path=path)
         details = dict(result.report.details)
         if config.outputs.location:
+            # Not gated (AccuracyGate has no location criterion) but reported: INT8 can move it a lot.
             name = config.outputs.location
-            details["location_max_abs_delta"] = float(np.max(np.abs(reference[name] - predicted[name])))
+            moved = np.abs(reference[name] - predicted[name]).reshape(len(evaluation), -1).max(axis=1)
+            positive = np.any(reference[config.outputs.scores] >= np.asarray(thresholds), axis=1)
+            details["location_max_abs_delta"] = float(moved.max())
+            details["location_max_abs_delta_positive"] = float(moved[positive].max()) if positive.any() else None
         details["search_seconds"] = round(time.monotonic() - started, 2)
         report = result.report.model_copy(update={"details": details})
         final = GateResult(report=report, passed=True, failures=[])
@@ -854,9 +878,7 @@ def search_int8(
             return finish(settings, {}, [])
 
     subset = _probe_subset(len(evaluation))
-    layers = [
-        (node.name, node.op_type) for node in model.graph.node if node.op_type in OP_TYPES_TO_QUANTIZE and node.name
-    ]
+    layers = [(node.name, node.op_type) for node in model.graph.node if node.op_type in OP_TYPES_TO_QUANTIZE]
     worst: dict[str, str] = {}
     for base in _fallback_bases(attempts):
         say(f"no setting passes the gate; measuring what each layer costs under {base.describe()}")
@@ -942,15 +964,21 @@ def _probe_subset(size: int) -> np.ndarray | None:
 
 
 def _predict(
-    model: bytes, input_name: str, slices: np.ndarray, outputs: list[str], batch: int, config: ModelConfig
+    model: bytes,
+    input_name: str,
+    slices: np.ndarray,
+    outputs: list[str],
+    batching: tuple[int, bool],
+    config: ModelConfig,
 ) -> dict[str, np.ndarray]:
     """Run ``model`` on the CPU over ``slices``; scores as probabilities ``(N, L)``."""
     session = _session(model, "run the model")
+    size, fixed = batching
     parts: list[list[np.ndarray]] = []
-    for start in range(0, len(slices), batch):
-        chunk = slices[start : start + batch]
+    for start in range(0, len(slices), size):
+        chunk = slices[start : start + size]
         with _translated("run the model", None):
-            values = session.run(outputs, {input_name: _padded(chunk, batch)})
+            values = session.run(outputs, {input_name: _padded(chunk, size) if fixed else chunk})
         parts.append([v[: len(chunk)] for v in values])
     result = {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(outputs)}
     scores = result[config.outputs.scores].astype(np.float64).reshape(len(slices), -1)
@@ -967,20 +995,24 @@ def _session(model: bytes, what: str) -> ort.InferenceSession:
         return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def _batch_size(model: onnx.ModelProto, input_name: str) -> int:
-    """The model's fixed batch size, or 16 when the batch dimension is symbolic."""
+def _batching(model: onnx.ModelProto, input_name: str) -> tuple[int, bool]:
+    """How many slices to run at once, and whether the model insists on exactly that many.
+
+    A symbolic batch dimension runs 16 slices at a time; a fixed one runs its
+    size, the last batch padded.
+    """
     for value in model.graph.input:
         if value.name == input_name:
             dims = value.type.tensor_type.shape.dim
             if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-                return int(dims[0].dim_value)
-            return 16
+                return int(dims[0].dim_value), True
+            return 16, False
     raise EngineError(f"the model has no input named {input_name!r}")
 
 
 def _padded(chunk: np.ndarray, batch: int) -> np.ndarray:
     """``chunk`` padded to a fixed batch size by repeating its last slice (outputs are cut back after)."""
-    if len(chunk) == batch or batch <= 0:
+    if len(chunk) >= batch:
         return chunk
     pad = np.repeat(chunk[-1:], batch - len(chunk), axis=0)
     return np.concatenate([chunk, pad])

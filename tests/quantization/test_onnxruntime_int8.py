@@ -85,8 +85,9 @@ class _Net(nn.Module):
         pooled = F.adaptive_max_pool2d(y, 1) if self.pool == "max" else F.adaptive_avg_pool2d(y, 1)
         return torch.flatten(pooled, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.fc(self.features(x)))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.features(x)
+        return torch.sigmoid(self.fc(features)), torch.sigmoid(features[:, :2])  # probability, "location"
 
 
 def _images(count: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -101,10 +102,11 @@ def _images(count: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, np.nda
     return x, labels
 
 
-def _export(pool: str, path: Path, size: int = SIZE, *, fold: bool = True) -> Path:
+def _export(pool: str, path: Path, size: int = SIZE, *, fold: bool = True, batch: int | None = None) -> Path:
     """A network with random convolutions and a read-out fitted to the disc label, exported to ONNX opset 17.
 
-    ``fold=False`` keeps the batch norms (and other constants) as separate nodes, as some exporters leave them.
+    ``fold=False`` keeps the batch norms (and other constants) as separate nodes, as some exporters leave them;
+    ``batch`` fixes the batch dimension instead of leaving it symbolic.
     """
     torch.manual_seed(0)
     net = _Net(pool).eval()
@@ -123,11 +125,11 @@ def _export(pool: str, path: Path, size: int = SIZE, *, fold: bool = True) -> Pa
         warnings.simplefilter("ignore")  # torch announces its legacy exporter
         torch.onnx.export(
             net,
-            (torch.from_numpy(train[:2]),),
+            (torch.from_numpy(train[: batch or 2]),),
             str(path),
             input_names=["image"],
-            output_names=["probability"],
-            dynamic_axes={"image": {0: "N"}, "probability": {0: "N"}},
+            output_names=["probability", "location"],
+            dynamic_axes=None if batch else {"image": {0: "N"}, "probability": {0: "N"}, "location": {0: "N"}},
             opset_version=17,
             dynamo=False,
             do_constant_folding=fold,
@@ -160,7 +162,7 @@ def _config(gate: AccuracyGate | None = None) -> ModelConfig:
             "labels": ["nodule"],
             "thresholds": {"nodule": 0.5},
             "input": {"name": "image"},
-            "outputs": {"scores": "probability"},
+            "outputs": {"scores": "probability", "location": "location"},
             "preprocessing": {"modalities": ["CT"], "size": [SIZE, SIZE]},
             "gate": (gate or AccuracyGate()).model_dump(),
         }
@@ -316,6 +318,7 @@ def test_search_keeps_the_profile_settings_when_they_pass(
     assert report.auc_reference is not None and report.auc_compiled is not None
     assert report.details["auc_reference_ci"][0] <= report.auc_reference <= report.details["auc_reference_ci"][1]
     assert "minmax" in result.method
+    assert 0 <= report.details["location_max_abs_delta_positive"] <= report.details["location_max_abs_delta"] < 0.05
     # The bytes are the model it judged, and the same inputs give the same bytes.
     fp32 = _run(str(models["detector"]), images)
     assert np.mean((_run(result.model, images) > 0.5) == (fp32 > 0.5)) == report.agreement
@@ -385,6 +388,24 @@ def test_search_fails_with_the_worst_layers_and_writes_nothing(
     assert error.path == models["pooled"]
     assert sorted(p.name for p in models["pooled"].parent.iterdir()) == before
     assert list(scratch.iterdir()) == []
+
+
+def test_fixed_batch_models_are_padded_not_refused(tmp_path: Path, calib: np.ndarray) -> None:
+    model = _export("max", tmp_path / "batch3.onnx", batch=3)
+    images, labels = _images(20, seed=4)  # 3 + 3 + ... + 2: the last batch is padded
+    result = search_int8(model, calib[:10], images, labels, _config(), X86)
+    assert result.gate.report.samples == 20
+    per_slice = np.concatenate(
+        [_run(result.model, _pad3(images[i : i + 3]))[: len(images[i : i + 3])] for i in range(0, 20, 3)]
+    )
+    fp32 = np.concatenate(
+        [_run(str(model), _pad3(images[i : i + 3]))[: len(images[i : i + 3])] for i in range(0, 20, 3)]
+    )
+    assert np.mean((per_slice > 0.5) == (fp32 > 0.5)) == result.gate.report.agreement
+
+
+def _pad3(x: np.ndarray) -> np.ndarray:
+    return np.concatenate([x, np.repeat(x[-1:], 3 - len(x), axis=0)]) if len(x) < 3 else x
 
 
 def test_latency_not_worse_than_plain_quantize_static(tmp_path: Path) -> None:
