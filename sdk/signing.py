@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -28,6 +30,8 @@ __all__ = [
     "sign",
     "signature_valid",
 ]
+
+KeyT = TypeVar("KeyT", Ed25519PrivateKey, Ed25519PublicKey)
 
 PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub"
@@ -80,22 +84,28 @@ def generate_keypair(out_dir: str | Path, name: str = "medge-signing", *, overwr
     return KeyPair(private_path, public_path, key_id(private.public_key()))
 
 
+def _load_pem(path: str | Path, what: str, parse: Callable[[bytes], object], kind: type[KeyT]) -> KeyT:
+    path = Path(path)
+    try:
+        key = parse(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise KeyStoreError(f"{what} not found", path=path) from exc
+    except (OSError, ValueError, TypeError) as exc:
+        raise KeyStoreError(f"not a readable PEM {what} ({exc})", path=path) from exc
+    if not isinstance(key, kind):
+        raise KeyStoreError(f"expected an Ed25519 key, found {type(key).__name__}", path=path)
+    return key
+
+
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     """Read a PEM Ed25519 private key.
 
     Raises:
         KeyStoreError: missing, unreadable, or not an Ed25519 private key.
     """
-    path = Path(path)
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except FileNotFoundError as exc:
-        raise KeyStoreError("private key not found", path=path) from exc
-    except (OSError, ValueError, TypeError) as exc:
-        raise KeyStoreError(f"not a readable PEM private key ({exc})", path=path) from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise KeyStoreError(f"expected an Ed25519 key, found {type(key).__name__}", path=path)
-    return key
+    return _load_pem(
+        path, "private key", lambda data: serialization.load_pem_private_key(data, password=None), Ed25519PrivateKey
+    )
 
 
 def load_public_key(path: str | Path) -> Ed25519PublicKey:
@@ -104,16 +114,7 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
     Raises:
         KeyStoreError: missing, unreadable, or not an Ed25519 public key.
     """
-    path = Path(path)
-    try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except FileNotFoundError as exc:
-        raise KeyStoreError("public key not found", path=path) from exc
-    except (OSError, ValueError, TypeError) as exc:
-        raise KeyStoreError(f"not a readable PEM public key ({exc})", path=path) from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise KeyStoreError(f"expected an Ed25519 key, found {type(key).__name__}", path=path)
-    return key
+    return _load_pem(path, "public key", serialization.load_pem_public_key, Ed25519PublicKey)
 
 
 def sign(private_key: Ed25519PrivateKey, data: bytes) -> bytes:

@@ -6,10 +6,9 @@ from functools import partial
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sdk.cli.console import console
+from sdk.cli.console import console, progress_bars
 
 
 def bench(
@@ -72,13 +71,7 @@ def bench(
         ),
         ModelUnderTest("FP32 model", fp32_reference_engine(pkg, fp32, preferences, threads), manifest.inputs[0].name),
     ]
-    with Progress(
-        TextColumn("[bold]{task.description:<28}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with progress_bars() as progress:
         task = progress.add_task("timing (alternating rounds)", total=rounds)
         figures = bench_side_by_side(
             models,

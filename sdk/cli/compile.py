@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
-from sdk.cli.console import console, err_console
+from sdk.cli.console import console, err_console, progress_bars
 
 if TYPE_CHECKING:
     from quantization.compile import CompileResult
@@ -147,13 +147,7 @@ def compile_command(
         seed=seed,
         labels=truth,
     )
-    progress = Progress(
-        TextColumn("[bold]{task.description:<36}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    progress = progress_bars()
     listener = RichListener(progress)
     try:
         with progress:

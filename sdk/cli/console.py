@@ -15,11 +15,12 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperCommand
 
 from sdk.errors import MedgeError
 
-__all__ = ["EXIT_USER_ERROR", "MedgeCommand", "MedgeTyper", "console", "err_console", "report_error"]
+__all__ = ["EXIT_USER_ERROR", "MedgeCommand", "MedgeTyper", "console", "err_console", "progress_bars", "report_error"]
 
 EXIT_USER_ERROR = 2
 
@@ -27,6 +28,17 @@ EXIT_USER_ERROR = 2
 _WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
 console = Console(width=_WIDTH)
 err_console = Console(stderr=True, width=_WIDTH)
+
+
+def progress_bars() -> Progress:
+    """The one progress display of the CLI: a labelled bar per task, done/total and elapsed time."""
+    return Progress(
+        TextColumn("[bold]{task.description:<36}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
 def report_error(exc: MedgeError) -> None:

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sdk.cli.compile import RichListener, compile_summary
-from sdk.cli.console import console
+from sdk.cli.console import console, progress_bars
 
 DEMO_KEY_NAME = "demo-signing"
 
@@ -31,17 +30,6 @@ class _SliceResult:
     positive: bool
     where: str
     latency_ms: float
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description:<28}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
 
 
 def demo(
@@ -104,13 +92,7 @@ def demo(
     with console.status(f"writing {calib_studies} calibration studies (the device maker's own data)"):
         generate_studies(calib_dir, calib_studies, PhantomSpec(slices=32), seed=seed + 1)
     package_path = out / f"{config.name}-{config.version}-{chosen.id}.medge"
-    progress = Progress(
-        TextColumn("[bold]{task.description:<36}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    progress = progress_bars()
     listener = RichListener(progress)
     with progress:
         result = compile_package(
@@ -145,7 +127,7 @@ def demo(
     # 6. Analyse every slice.
     results: list[_SliceResult] = []
     total = sum(len(s.slices) for t in truths for s in t.series)
-    with _progress() as progress:
+    with progress_bars() as progress:
         task = progress.add_task("analysing slices", total=total)
         for truth in truths:
             for series in truth.series:
