@@ -73,6 +73,15 @@ class OpenVinoEngine:
         self.placement = Placement("openvino", device, usable, list(devices), degraded=degraded, reason=reason)
         self._request = self._compiled.create_infer_request()
         self._outputs = [output.get_any_name() for output in self._compiled.outputs]
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One inference on zeros at load, so the first study does not pay for kernel selection."""
+        feeds = {}
+        for port in self._compiled.inputs:
+            shape = [dim.get_length() if dim.is_static else 1 for dim in port.get_partial_shape()]
+            feeds[port.get_any_name()] = np.zeros(shape, dtype=np.float32)
+        self.run(feeds)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
