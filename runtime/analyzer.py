@@ -20,6 +20,7 @@ from pydicom import Dataset
 from runtime.engines import Engine, Placement, load_engine
 from runtime.postprocess import Classification, classify
 from sdk.errors import EngineError
+from sdk.input_statistics import drift_score
 from sdk.package import ModelPackage
 from sdk.preprocessing import preprocess
 
@@ -33,6 +34,8 @@ class Analysis:
     frame: int | None
     result: Classification
     latency_ms: dict[str, float] = field(default_factory=dict)
+    drift: float | None = None
+    """Distance of this image's input from the calibration inputs (0 same, 1 disjoint); None without statistics."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,8 @@ class Analyzer:
         t2 = time.perf_counter()
         frames = len(batch)
         results = [classify(outputs, config, index, ds) for index in range(frames)]
+        stats = self.manifest.input_statistics
+        drift = [drift_score(stats, batch[index : index + 1]) if stats else None for index in range(frames)]
         t3 = time.perf_counter()
         latency = {
             "preprocess": round((t1 - t0) * 1e3 / frames, 3),
@@ -130,7 +135,9 @@ class Analyzer:
             "postprocess": round((t3 - t2) * 1e3 / frames, 3),
         }
         multi = frames > 1
-        return [Analysis(index if multi else None, result, latency) for index, result in enumerate(results)]
+        return [
+            Analysis(index if multi else None, result, latency, drift[index]) for index, result in enumerate(results)
+        ]
 
     def close(self) -> None:
         self._engine.close()
