@@ -1,0 +1,95 @@
+"""Reading a spooled instance safely: limits are checked before any pixel data is decoded.
+
+A hostile or broken file must cost the appliance a clear error, not its
+memory: the header is read first (without pixel data), the declared image
+size is checked against limits, and native pixel data must be as long as the
+header says. Decoding itself happens in :func:`sdk.preprocessing.preprocess`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+from pydantic import BaseModel, ConfigDict, Field
+from pydicom import Dataset
+from pydicom.errors import InvalidDicomError
+
+from sdk.errors import DicomInputError
+
+__all__ = ["DecodeLimits", "read_instance"]
+
+_DICOMDIR = "1.2.840.10008.1.3.10"
+
+
+class DecodeLimits(BaseModel):
+    """What one instance may declare before the appliance refuses to decode it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_bytes: int = Field(default=1 << 30, ge=1)
+    max_rows: int = Field(default=8192, ge=1)
+    max_columns: int = Field(default=8192, ge=1)
+    max_frames: int = Field(default=4096, ge=1)
+    max_pixels: int = Field(default=1 << 28, ge=1, description="rows x columns x frames x samples")
+
+
+def _int(ds: Dataset, keyword: str, default: int) -> int:
+    value = ds.get(keyword, default)
+    try:
+        return int(value if value not in (None, "") else default)
+    except (TypeError, ValueError):
+        raise DicomInputError(f"{keyword} is not a number ({value!r})", field=keyword) from None
+
+
+def read_instance(path: Path, limits: DecodeLimits | None = None) -> Dataset:
+    """Read an instance whose image fits the limits; its pixel data is not decoded yet.
+
+    Raises:
+        DicomInputError: not DICOM, a DICOMDIR, no image, a declared size over
+            the limits, or native pixel data shorter than declared (truncated).
+    """
+    limits = limits or DecodeLimits()
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DicomInputError(f"cannot read: {exc.strerror}", path=path) from exc
+    if size > limits.max_bytes:
+        raise DicomInputError(f"{size:,} bytes is over the limit of {limits.max_bytes:,}", path=path)
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise DicomInputError(f"not a readable DICOM file: {exc}", path=path) from exc
+    if str(header.get("SOPClassUID", "")) == _DICOMDIR or "DirectoryRecordSequence" in header:
+        raise DicomInputError("a DICOMDIR, not an image", path=path)
+    try:
+        rows, columns = _int(header, "Rows", 0), _int(header, "Columns", 0)
+        frames, samples = _int(header, "NumberOfFrames", 1), _int(header, "SamplesPerPixel", 1)
+        bits = _int(header, "BitsAllocated", 16)
+    except DicomInputError as exc:
+        raise DicomInputError(exc.message, path=path, field=exc.field) from None
+    if rows <= 0 or columns <= 0:
+        raise DicomInputError("no image (Rows/Columns missing)", path=path, field="Rows")
+    for what, value, limit in (
+        ("Rows", rows, limits.max_rows),
+        ("Columns", columns, limits.max_columns),
+        ("NumberOfFrames", frames, limits.max_frames),
+    ):
+        if value > limit or value < 1:
+            raise DicomInputError(f"{what} {value} is outside 1..{limit}", path=path, field=what)
+    pixels = rows * columns * frames * max(samples, 1)
+    if pixels > limits.max_pixels:
+        raise DicomInputError(f"{pixels:,} pixels is over the limit of {limits.max_pixels:,}", path=path)
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise DicomInputError(f"cannot read the dataset: {exc}", path=path) from exc
+    if "PixelData" not in ds:
+        raise DicomInputError("no pixel data", path=path, field="PixelData")
+    if not ds.file_meta.TransferSyntaxUID.is_compressed:
+        expected = pixels * bits // 8
+        if len(ds.PixelData) < expected:
+            raise DicomInputError(
+                f"pixel data is truncated: {len(ds.PixelData):,} of {expected:,} bytes", path=path, field="PixelData"
+            )
+    return ds
