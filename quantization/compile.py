@@ -264,7 +264,7 @@ def compile_package(
         gate: GateResult | None = None
         attempts: list[dict[str, Any]] = []
         float_nodes: dict[str, str] = {}
-        package_precision = precision
+        package_precision: str = precision
         if profile.engine == "onnxruntime":
             if precision == "int8":
                 from quantization.onnxruntime_int8 import search_int8

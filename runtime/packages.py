@@ -27,7 +27,7 @@ __all__ = ["EventSink", "LivePackage", "PackageSet", "RefusedPackage"]
 
 log = logging.getLogger(__name__)
 
-EventSink = Callable[[str, str, str, dict[str, object]], None]
+EventSink = Callable[[str, str, str, Mapping[str, object]], None]
 """``(kind, severity, message, detail)``: where the package set reports what it did."""
 
 

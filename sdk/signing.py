@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -30,8 +30,6 @@ __all__ = [
     "sign",
     "signature_valid",
 ]
-
-KeyT = TypeVar("KeyT", Ed25519PrivateKey, Ed25519PublicKey)
 
 PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub"
@@ -84,7 +82,7 @@ def generate_keypair(out_dir: str | Path, name: str = "medge-signing", *, overwr
     return KeyPair(private_path, public_path, key_id(private.public_key()))
 
 
-def _load_pem(path: str | Path, what: str, parse: Callable[[bytes], object], kind: type[KeyT]) -> KeyT:
+def _load_pem(path: str | Path, what: str, parse: Callable[[bytes], object], kind: type[Any]) -> Any:
     path = Path(path)
     try:
         key = parse(path.read_bytes())

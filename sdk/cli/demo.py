@@ -136,18 +136,18 @@ def demo(
                     t0 = time.perf_counter()
                     (analysis,) = analyzer.analyze(ds)
                     elapsed = (time.perf_counter() - t0) * 1e3
-                    result = analysis.result
+                    verdict = analysis.result
                     where = ""
-                    if result.positive and result.patient_mm is not None:
-                        x, y, z = result.patient_mm
+                    if verdict.positive and verdict.patient_mm is not None:
+                        x, y, z = verdict.patient_mm
                         where = f"({x:.0f}, {y:.0f}, {z:.0f})"
                     results.append(
                         _SliceResult(
                             truth.patient_id,
                             slice_truth.instance_number,
                             slice_truth.has_nodule,
-                            result.score,
-                            result.positive,
+                            verdict.score,
+                            verdict.positive,
                             where,
                             elapsed,
                         )
