@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sdk.config_files import config_error_from_validation, read_toml
+from sdk.routing import RoutingSection
 
 __all__ = [
     "ApplianceConfig",
@@ -52,7 +53,10 @@ class DicomSection(_Section):
     host: str = "0.0.0.0"
     port: int = Field(default=11112, ge=1, le=65535)
     allowed_calling_aes: list[str] = []
-    quiet_time_s: float = Field(default=5.0, ge=0)
+    quiet_time_s: float = Field(default=5.0, ge=0, description="silence after release before a series is complete")
+    unreleased_timeout_s: float = Field(
+        default=300.0, gt=0, description="silence after which a series completes although its association never closed"
+    )
     spool_quota_mb: int = Field(default=10_240, ge=1)
     watch_dir: Path | None = None
 
@@ -98,6 +102,7 @@ class ApplianceConfig(BaseSettings):
     mqtt: MqttSection = MqttSection()
     packages: PackagesSection = PackagesSection()
     phi: PhiSection = PhiSection()
+    routing: RoutingSection = RoutingSection()
 
     @classmethod
     def settings_customise_sources(

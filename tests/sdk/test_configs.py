@@ -122,3 +122,19 @@ def test_appliance_config_field_errors(tmp_path: Path, change, field) -> None:
         load_appliance_config(path)
     assert caught.value.field == field
     assert str(path) in str(caught.value)
+
+
+def test_appliance_config_carries_routing_rules(tmp_path: Path) -> None:
+    text = APPLIANCE_TOML + """
+[[routing.rules]]
+package = "chest-ct-nodule"
+modality = ["CT"]
+orientation = "axial"
+unit = "instance"
+"""
+    config = load_appliance_config(write(tmp_path, "r.toml", text))
+    assert config.routing.rules[0].package == "chest-ct-nodule"
+    bad = text.replace('orientation = "axial"', 'orientation = "diagonal"')
+    with pytest.raises(ConfigError) as caught:
+        load_appliance_config(write(tmp_path, "bad.toml", bad))
+    assert caught.value.field is not None and caught.value.field.startswith("routing.rules.0")
