@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.work_queue import DICOMDIR_SOP_CLASS, InstanceState, SeriesState, WorkQueue, WorkQueueError
+from sdk.errors import ConfigError
 from sdk.routing import (
     Orientation,
     RoutingSubject,
@@ -44,8 +46,6 @@ from sdk.routing import (
     image_geometry,
     slice_normal,
 )
-from runtime.work_queue import DICOMDIR_SOP_CLASS, InstanceState, SeriesState, WorkQueue, WorkQueueError
-from sdk.errors import ConfigError
 
 __all__ = ["SeriesInfo", "SeriesInstance", "SeriesTracker", "SliceRecord", "order_slices"]
 

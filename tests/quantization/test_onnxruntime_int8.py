@@ -17,19 +17,14 @@ from __future__ import annotations
 
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
-import torch.nn.functional as F
 from onnxruntime.quantization import QuantFormat, quantize_static
 from pydantic import ValidationError
-from sklearn.linear_model import LogisticRegression
-from torch import nn
 
 from device_profiles import QuantizationScheme
 from quantization.errors import QuantizationGateError
@@ -45,6 +40,7 @@ from quantization.onnxruntime_int8 import (
 )
 from sdk.errors import EngineError
 from sdk.model_config import AccuracyGate, ModelConfig
+from tests.quantization.onnx_builders import CnnGraph, fit_logistic
 
 SIZE = 32
 X86 = QuantizationScheme(
@@ -69,27 +65,6 @@ TENSORRT = QuantizationScheme(
 )
 
 
-class _Net(nn.Module):
-    def __init__(self, pool: str) -> None:
-        super().__init__()
-        self.pool = pool
-        self.c1 = nn.Sequential(nn.Conv2d(1, 8, 3, 1, 1), nn.BatchNorm2d(8), nn.ReLU())
-        self.c2 = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
-        self.r1, self.b1 = nn.Conv2d(16, 16, 3, 1, 1), nn.BatchNorm2d(16)
-        self.r2, self.b2 = nn.Conv2d(16, 16, 3, 1, 1), nn.BatchNorm2d(16)
-        self.fc = nn.Linear(16, 1)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.c2(self.c1(x))
-        y = F.relu(y + self.b2(self.r2(F.relu(self.b1(self.r1(y))))))
-        pooled = F.adaptive_max_pool2d(y, 1) if self.pool == "max" else F.adaptive_avg_pool2d(y, 1)
-        return torch.flatten(pooled, 1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.features(x)
-        return torch.sigmoid(self.fc(features)), torch.sigmoid(features[:, :2])  # probability, "location"
-
-
 def _images(count: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.normal(0.2, 0.05, (count, 1, size, size)).astype(np.float32)
@@ -103,37 +78,40 @@ def _images(count: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, np.nda
 
 
 def _export(pool: str, path: Path, size: int = SIZE, *, fold: bool = True, batch: int | None = None) -> Path:
-    """A network with random convolutions and a read-out fitted to the disc label, exported to ONNX opset 17.
+    """A network with random convolutions and a read-out fitted to the disc label, saved as ONNX opset 17.
 
-    ``fold=False`` keeps the batch norms (and other constants) as separate nodes, as some exporters leave them;
+    Two conv/BN/ReLU layers, a residual block, global max or average pooling and a linear read-out on
+    the pooled features (``probability``), whose first two sigmoids stand in for a ``location``.
+    ``fold=False`` keeps the batch norms as separate nodes, as some exporters leave them;
     ``batch`` fixes the batch dimension instead of leaving it symbolic.
     """
-    torch.manual_seed(0)
-    net = _Net(pool).eval()
+    graph = CnnGraph("image", (1, size, size), batch=batch, seed=0)
+    rng = np.random.default_rng(1)
+
+    def bn(x: str, name: str) -> str:
+        channels = 8 if name.startswith("/c1/") else 16
+        mean, var = rng.uniform(-0.1, 0.1, channels), rng.uniform(0.5, 1.5, channels)
+        return graph.batch_norm(x, mean, var, name=name, fold=fold)
+
+    y = graph.relu(
+        bn(graph.conv("image", 8, name="/c1/c1.0/Conv"), "/c1/c1.1/BatchNormalization"), name="/c1/c1.2/Relu"
+    )
+    y = graph.conv(y, 16, name="/c2/c2.0/Conv", stride=2)
+    y = graph.relu(bn(y, "/c2/c2.1/BatchNormalization"), name="/c2/c2.2/Relu")
+    r = graph.relu(bn(graph.conv(y, 16, name="/r1/Conv"), "/b1/BatchNormalization"), name="/Relu")
+    r = bn(graph.conv(r, 16, name="/r2/Conv"), "/b2/BatchNormalization")
+    y = graph.relu(graph.add(y, r, name="/Add"), name="/Relu_1")
+    if pool == "max":
+        pooled = graph.global_max_pool(y, name="/MaxPool")
+    else:
+        pooled = graph.global_average_pool(y, name="/GlobalAveragePool")
+    features = graph.flatten(pooled, name="/Flatten")
     train, labels = _images(256, seed=0, size=size)
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-        features = net.features(torch.from_numpy(train)).numpy()
-        mean, std = features.mean(0), features.std(0) + 1e-6
-        fit = LogisticRegression(max_iter=2000).fit((features - mean) / std, labels)
-        net.fc.weight[0] = torch.from_numpy((fit.coef_[0] / std).astype(np.float32))
-        net.fc.bias.fill_(float(fit.intercept_[0] - (fit.coef_[0] * mean / std).sum()))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch announces its legacy exporter
-        torch.onnx.export(
-            net,
-            (torch.from_numpy(train[: batch or 2]),),
-            str(path),
-            input_names=["image"],
-            output_names=["probability", "location"],
-            dynamic_axes=None if batch else {"image": {0: "N"}, "probability": {0: "N"}, "location": {0: "N"}},
-            opset_version=17,
-            dynamo=False,
-            do_constant_folding=fold,
-        )
+    weights, bias = fit_logistic(graph.run(train, [features])[0], labels)
+    logit = graph.gemm(features, weights[None], np.array([bias]), name="/fc/Gemm")
+    graph.sigmoid(logit, name="/Sigmoid", output="probability")
+    graph.sigmoid(graph.first_columns(features, 2, name="/Slice"), name="/Sigmoid_1", output="location")
+    onnx.save(graph.model(["probability", "location"]), str(path))
     return path
 
 

@@ -15,17 +15,15 @@ INT8, so only keeping that layer in float can pass the gate.
 
 from __future__ import annotations
 
+import os
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import openvino as ov
 import pytest
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from quantization.errors import QuantizationGateError
 from quantization.openvino_int8 import OpenVinoInt8Result, fp16_openvino, quantize_openvino
@@ -35,92 +33,93 @@ from sdk.model_config import ModelConfig
 from sdk.preprocess_spec import PreprocessSpec, Window
 from sdk.preprocessing import preprocess
 from sdk.testing import PhantomSpec, generate_series
+from tests.quantization.onnx_builders import CnnGraph, channel_statistics
 
 SPEC = PreprocessSpec(modalities=["CT"], window=Window(center=-600, width=1500), size=(128, 128))
 N_CALIB = 80
 OUTLIER_SCALE = 300.0
 
 
-class _Net(nn.Module):
-    def __init__(self, width: int, outliers: int) -> None:
-        super().__init__()
-
-        def cbr(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
-
-        self.stem = nn.Sequential(cbr(1, 16, 2), cbr(16, width, 2))
-        self.conv1 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.head = nn.Sequential(*[cbr(width, width) for _ in range(outliers + 1)])
-        self.fc = nn.Linear(2 * width, 1)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.stem(x)
-        y = F.relu(y + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(y))))))
-        y = self.head(y)
-        return torch.cat([F.adaptive_avg_pool2d(y, 1).flatten(1), F.adaptive_max_pool2d(y, 1).flatten(1)], 1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.features(x)
-        return torch.sigmoid(self.fc(f)), torch.sigmoid(f[:, :2])
-
-
 @pytest.fixture(scope="module")
 def slices() -> tuple[np.ndarray, np.ndarray]:
-    """120 phantom CT slices through the runtime's preprocessing, and a lung-fraction label per slice."""
-    x = np.concatenate(
-        [
-            preprocess(ds, SPEC)
-            for seed in range(6)
-            for ds in generate_series(PhantomSpec(slices=20), seed=seed).datasets
-        ]
-    )
-    lung = ((x > 0.26) & (x < 0.45)).mean(axis=(1, 2, 3))
-    return x, (lung > np.median(lung)).astype(np.int8)
+    """120 phantom CT slices through the runtime's preprocessing, and a lung-fraction label per slice.
+
+    20 slices from each of 6 patients, interleaved (slice 0 of every patient, then slice 1, ...) so
+    that the held-back slices come from every patient. A slice is positive when its lung fraction
+    lies above the widest gap between them: patients differ far more than one patient's slices.
+    """
+    series = [
+        np.concatenate([preprocess(ds, SPEC) for ds in generate_series(PhantomSpec(slices=20), seed=seed).datasets])
+        for seed in range(6)
+    ]
+    x = np.stack(series, axis=1).reshape(-1, *series[0].shape[1:])
+    lung = _lung_fraction(x)
+    return x, (lung > _widest_gap(lung)).astype(np.int8)
+
+
+def _lung_fraction(x: np.ndarray) -> np.ndarray:
+    """Share of each slice's pixels in the lung window's aerated range."""
+    return ((x > 0.26) & (x < 0.45)).mean(axis=(1, 2, 3))
+
+
+def _widest_gap(values: np.ndarray) -> float:
+    """The middle of the widest gap between sorted ``values`` in their central 70 %: a threshold with a margin."""
+    ordered = np.sort(values)
+    low, high = int(0.15 * len(ordered)), int(0.85 * len(ordered))
+    widest = low + int(np.argmax(np.diff(ordered[low:high])))
+    return float(ordered[widest] + ordered[widest + 1]) / 2
 
 
 def _export(folder: Path, x: np.ndarray, *, outliers: int, width: int = 32) -> tuple[Path, ModelConfig]:
-    torch.manual_seed(0)
-    net = _Net(width, outliers)
-    images = torch.from_numpy(x)
-    net.train()
-    with torch.no_grad():
-        for _ in range(3):
-            net.features(images)  # batch-norm statistics from the data
-    net.eval()
-    with torch.no_grad():
-        for k in range(outliers):
-            bn = net.head[k][1]
-            bn.weight[0] *= OUTLIER_SCALE
-            bn.bias[0] *= OUTLIER_SCALE
-            net.head[k + 1][0].weight[:, 0] /= OUTLIER_SCALE
-        feats = net.features(images).double().numpy()
-    lung = ((x > 0.26) & (x < 0.45)).mean(axis=(1, 2, 3))
+    """The fixture network on slices ``x``, saved as ONNX opset 17, and its model config.
+
+    A conv/BN/ReLU stem (two stride-2 layers), a residual block, ``outliers + 1`` conv/BN/ReLU head
+    layers, average and max pooling concatenated, and a linear read-out (``prob``) whose first two
+    features' sigmoids stand in for a ``loc``. Batch norms take their statistics from ``x`` and are
+    folded into the convolutions.
+    """
+    graph = CnnGraph("image", x.shape[1:], seed=int(os.environ.get("SEED", "0")))
+
+    def conv_bn(y: str, channels: int, name: str, stride: int = 1) -> str:
+        conv = graph.conv(y, channels, name=name, stride=stride, bias=False)
+        mean, var = channel_statistics(graph.run(x, [conv])[0])
+        return graph.batch_norm(conv, mean, var, name=name, shift=np.full(channels, float(os.environ.get('BETA', '0'))))
+
+    def cbr(y: str, channels: int, prefix: str, stride: int = 1) -> str:
+        return graph.relu(conv_bn(y, channels, f"{prefix}.0/Conv", stride), name=f"{prefix}.2/Relu")
+
+    y = cbr(cbr("image", 16, "/stem/stem.0/stem.0", 2), width, "/stem/stem.1/stem.1", 2)
+    r = graph.relu(conv_bn(y, width, "/conv1/Conv"), name="/Relu")
+    y = graph.relu(graph.add(y, conv_bn(r, width, "/conv2/Conv"), name="/Add"), name="/Relu_1")
+    for k in range(outliers + 1):
+        y = cbr(y, width, f"/head/head.{k}/head.{k}")
+    average = graph.flatten(graph.global_average_pool(y, name="/GlobalAveragePool"), name="/Flatten")
+    peak = graph.flatten(graph.global_max_pool(y, name="/MaxPool"), name="/Flatten_1")
+    features = graph.concat([average, peak], name="/Concat")
+    for k in range(outliers):
+        # Channel 0 of head k's output (its ReLU commutes with the scale) x 300, undone by head k + 1.
+        graph.params[f"/head/head.{k}/head.{k}.0/Conv.weight"][0] *= OUTLIER_SCALE
+        graph.params[f"/head/head.{k}/head.{k}.0/Conv.bias"][0] *= OUTLIER_SCALE
+        graph.params[f"/head/head.{k + 1}/head.{k + 1}.0/Conv.weight"][:, 0] /= OUTLIER_SCALE
+    feats = graph.run(x, [features])[0].astype(np.float64)
+
+    lung = _lung_fraction(x)
     target = (lung - lung.mean()) / lung.std() * 3
     centred = feats - feats.mean(0)
-    weights = np.linalg.solve(centred.T @ centred + 1e-3 * len(feats) * np.eye(feats.shape[1]), centred.T @ target)
-    logits = np.sort(centred @ weights)
-    low, high = int(0.15 * len(logits)), int(0.85 * len(logits))
-    widest = low + int(np.argmax(np.diff(logits[low:high])))
-    middle = (logits[widest] + logits[widest + 1]) / 2
-    with torch.no_grad():
-        net.fc.weight.copy_(torch.from_numpy(weights[None]).float())
-        net.fc.bias.fill_(float(-(feats.mean(0) @ weights) - middle))
+    lam = float(os.environ['ALPHA']) * len(feats) * (centred.var(0).mean() if os.environ.get('REL') else 1)
+    weights = np.linalg.solve(centred.T @ centred + lam * np.eye(feats.shape[1]), centred.T @ target)
+    logits = centred @ weights
+    positive = lung > _widest_gap(lung)
+    if os.environ.get('CLASSGAP'):
+        middle = (logits[~positive].max() + logits[positive].min()) / 2
+    else:
+        middle = _widest_gap(logits)
+    bias = -(feats.mean(0) @ weights) - middle
+    logit = graph.gemm(features, weights[None], np.array([bias]), name="/fc/Gemm")
+    graph.sigmoid(logit, name="/Sigmoid", output="prob")
+    graph.sigmoid(graph.first_columns(features, 2, name="/Slice"), name="/Sigmoid_1", output="loc")
     path = folder / f"net-{outliers}.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter announces its retirement
-        torch.onnx.export(
-            net,
-            (torch.zeros(1, *x.shape[1:]),),
-            str(path),
-            input_names=["image"],
-            output_names=["prob", "loc"],
-            dynamic_axes={"image": {0: "N"}, "prob": {0: "N"}, "loc": {0: "N"}},
-            opset_version=17,
-            dynamo=False,
-        )
+    onnx.save(graph.model(["prob", "loc"]), str(path))
     config = ModelConfig(
         name="fixture-net",
         version="1.0.0",
