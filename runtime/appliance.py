@@ -1,0 +1,430 @@
+"""The appliance service: scanners push DICOM, findings come out, nothing is lost on the way.
+
+::
+
+    SCP / watched folder ─▶ spool (fsync) ─▶ work queue (SQLite) ─▶ decoder thread
+        read with limits, route, preprocess ──(bounded hand-off: back-pressure)──▶ inference thread
+        engine, post-process, drift ─▶ findings + instance state in ONE durable transaction (outbox)
+
+Each hop has one durable hand-off: an instance is fsync'd in the spool
+before the scanner hears "success"; its findings are in the outbox in the
+same transaction that marks it analysed, with ids stable for instance +
+package, so ``kill -9`` at any moment loses nothing and duplicates nothing.
+Bad input is quarantined with a reason and an event; the service keeps serving.
+
+Events (``on_event(kind, severity, message, detail)``): ``package-live``,
+``package-refused``, ``engine-degraded``, ``quarantined``, ``analysis-failed``
+and the ingest events of :mod:`runtime.ingest`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import shutil
+import statistics
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydicom import Dataset
+from pydicom.errors import InvalidDicomError
+
+from device_profiles import DeviceProfile, detect_host, get_profile, list_profiles, match_profile
+from runtime.analyzer import Analysis, Prepared
+from runtime.decode import DecodeLimits, read_instance
+from runtime.findings import OUTSIDE_CALIBRATED_RANGE, build_findings, package_ref
+from runtime.health import HealthServer
+from runtime.ingest.events import IngestEvent
+from runtime.ingest.folder_watch import FolderWatcher
+from runtime.ingest.scp import StorageSCP
+from runtime.metrics import RuntimeMetrics
+from runtime.packages import EventSink, LivePackage, PackageSet
+from runtime.spool import Spool, StoredInstance
+from runtime.work_queue import InstanceRecord, InstanceState, WorkQueue
+from sdk.appliance_config import ApplianceConfig
+from sdk.errors import DicomInputError, EngineError, MedgeError, PreprocessingError
+from sdk.messages import EngineHealth, Heartbeat
+from sdk.routing import Router, RoutingSubject, build_router
+from sdk.trust import TrustStore
+
+__all__ = ["Appliance"]
+
+log = logging.getLogger(__name__)
+
+_DECODER = "decoder"
+_STOP = object()
+
+
+@dataclass
+class _Job:
+    record: InstanceRecord
+    ds: Dataset
+    prepared: dict[str, Prepared]
+    stage_ms: dict[str, float]
+
+
+def _site_key(path: Path) -> bytes:
+    """The site's pseudonym key: read it, or make one (0600) at first start."""
+    if path.exists():
+        return path.read_bytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key)
+    return key
+
+
+class Appliance:
+    """One appliance: ingest, queue, live packages, pipeline, health.
+
+    Args:
+        config: the appliance config.
+        profile: this board's profile (default: ``config.appliance.profile``, else detected).
+        trusted: package-signing keys (default: ``packages.trusted_keys_dir``, else the local config's).
+        dicom_port: listen here instead of ``config.dicom.port`` (0: a free port, for tests).
+        health_port: the health/metrics port (0: a free port).
+        queue_size: the bounded hand-off between decoding and inference.
+        limits: what an instance may declare before it is refused.
+        on_event: receives the service's events (logged and contained if it raises).
+
+    Raises:
+        MedgeError: a config, profile or key problem at :meth:`start`.
+    """
+
+    def __init__(
+        self,
+        config: ApplianceConfig,
+        *,
+        profile: DeviceProfile | None = None,
+        trusted: Mapping[str, Ed25519PublicKey] | None = None,
+        dicom_port: int | None = None,
+        health_port: int = 0,
+        queue_size: int = 8,
+        limits: DecodeLimits | None = None,
+        on_event: EventSink | None = None,
+    ) -> None:
+        self.config = config
+        self.profile = profile or self._profile(config)
+        self.data_dir = config.appliance.data_dir
+        self.metrics = RuntimeMetrics()
+        self.limits = limits or DecodeLimits()
+        self._trusted = trusted
+        self._dicom_port = dicom_port
+        self._health_port = health_port
+        self._handoff: queue.Queue[_Job | object] = queue.Queue(maxsize=queue_size)
+        self._user_sink = on_event
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._latencies: deque[float] = deque(maxlen=1000)
+        self._drift_by_scanner: Counter[str] = Counter()
+        self._started_at = time.monotonic()
+        self.events: deque[tuple[str, str, str]] = deque(maxlen=200)
+        self.scp: StorageSCP | None = None
+        self.watcher: FolderWatcher | None = None
+        self.health: HealthServer | None = None
+
+    @staticmethod
+    def _profile(config: ApplianceConfig) -> DeviceProfile:
+        if config.appliance.profile:
+            return get_profile(config.appliance.profile)
+        return get_profile(match_profile(detect_host(), list_profiles()).profile_id)
+
+    # -- events ----------------------------------------------------------------------------------------------------
+
+    def _emit(self, kind: str, severity: str, message: str, detail: Mapping[str, object] | None = None) -> None:
+        self.events.append((kind, severity, message))
+        level = {"info": logging.INFO, "warning": logging.WARNING}.get(severity, logging.ERROR)
+        log.log(level, "%s: %s", kind, message, extra={"event": kind})
+        if self._user_sink is not None:
+            try:
+                self._user_sink(kind, severity, message, dict(detail or {}))
+            except Exception:  # a notification handler must not take the service down
+                log.exception("event handler failed for %s", kind)
+
+    def _on_ingest_event(self, event: IngestEvent) -> None:
+        if "quarantin" in event.kind.value:
+            self.metrics.quarantined.labels(reason=event.kind.value).inc()
+        self._emit(event.kind.value, "warning", event.message, {"calling_ae": event.calling_ae})
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the queue and spool, resume, bring packages live, start ingest, workers and health."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.site_key = _site_key(self.config.phi.site_key_file or self.data_dir / "site.key")
+        self.queue = WorkQueue(self.data_dir / "queue.sqlite")
+        resumed = self.queue.resume()
+        self.spool = Spool(self.data_dir / "spool", self.config.dicom.spool_quota_mb * 1024 * 1024)
+        self._reconcile()
+        trusted = self._trusted
+        if trusted is None:
+            trusted = TrustStore.load(self.config.packages.trusted_keys_dir)
+        self.packages = PackageSet(
+            self.config.packages.dir,
+            trusted,
+            self.profile,
+            fail_closed=self.config.appliance.fail_closed,
+            cache_dir=self.data_dir / "engine-cache",
+            on_event=self._emit,
+        )
+        self.packages.load()
+        self.router = self._router()
+        log.info("resumed: %s", resumed)
+        self._recover_decoded()
+        self._threads = [
+            threading.Thread(target=self._decode_loop, name="medge-decode", daemon=True),
+            threading.Thread(target=self._infer_loop, name="medge-infer", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        self.scp = StorageSCP(
+            self.config.dicom,
+            self.spool,
+            self._on_stored,
+            on_event=self._on_ingest_event,
+            port=self._dicom_port,
+        )
+        self.scp.start()
+        if self.config.dicom.watch_dir is not None:
+            self.watcher = FolderWatcher(
+                self.config.dicom.watch_dir, self.spool, self._on_stored, on_event=self._on_ingest_event
+            )
+            self.watcher.start()
+        self.health = HealthServer(self.metrics.registry, self._liveness, self._readiness, port=self._health_port)
+        self.health.start()
+
+    def stop(self) -> None:
+        """Stop ingest first (senders retry what was not acknowledged), then the workers, then the rest."""
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.scp is not None:
+            self.scp.stop()
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        if self.health is not None:
+            self.health.stop()
+        self.packages.close()
+        self.queue.close()
+
+    def __enter__(self) -> Appliance:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _router(self) -> Router | None:
+        section = self.config.routing
+        if section.rules or section.monai:
+            return build_router(section)
+        return None  # default: every live package that takes the instance's modality
+
+    def _reconcile(self) -> None:
+        """Spooled files the queue does not know (a crash between fsync and commit) are queued again."""
+        added = 0
+        for path in self.spool.instances():
+            sop = path.stem
+            if self.queue.get(sop) is not None:
+                continue
+            try:
+                header = pydicom.dcmread(path, stop_before_pixels=True)
+                self.queue.add_received(
+                    spool_path=path,
+                    sop_class_uid=str(header.SOPClassUID),
+                    sop_instance_uid=str(header.SOPInstanceUID),
+                    study_instance_uid=str(header.StudyInstanceUID),
+                    series_instance_uid=str(header.SeriesInstanceUID),
+                    calling_ae=None,
+                    association_id=None,
+                    transfer_syntax=str(header.file_meta.TransferSyntaxUID),
+                    size=path.stat().st_size,
+                )
+            except (OSError, ValueError, AttributeError, InvalidDicomError) as exc:
+                self.spool.quarantine(path, f"unreadable after a restart: {exc}")
+                continue
+            added += 1
+        if added:
+            log.warning("re-queued %d spooled instance(s) the work queue had not recorded", added)
+
+    def _recover_decoded(self) -> None:
+        """Instances decoded before a crash but never analysed: their tensors died with the process; redo them."""
+        while (record := self.queue.claim_next(InstanceState.DECODED, _DECODER)) is not None:
+            self._decode_one(record)
+
+    # -- ingest ----------------------------------------------------------------------------------------------------
+
+    def _on_stored(self, stored: StoredInstance) -> None:
+        self.queue.add(stored)
+        self.metrics.received.labels(source=stored.source.value).inc()
+
+    # -- the pipeline ----------------------------------------------------------------------------------------------
+
+    def _routes(self, ds: Dataset) -> list[LivePackage]:
+        live = self.packages.live
+        if self.router is None:
+            modality = str(ds.get("Modality", ""))
+            return [p for p in live.values() if modality in p.manifest.model.preprocessing.modalities]
+        subject = RoutingSubject.from_dataset(ds)
+        return [live[name] for name in self.router.route(subject, live=live.keys()) if name in live]
+
+    def _set_aside(self, record: InstanceRecord, reason: str) -> None:
+        self.queue.quarantine(record.sop_instance_uid, reason)
+        try:
+            self.spool.quarantine(Path(record.spool_path), reason)
+        except (OSError, MedgeError):
+            log.exception("could not move %s to quarantine", record.spool_path)
+        self.metrics.quarantined.labels(reason="input").inc()
+        self._emit("quarantined", "warning", f"instance quarantined: {reason}", {"sop": record.sop_instance_uid})
+
+    def _decode_one(self, record: InstanceRecord) -> None:
+        t0 = time.perf_counter()
+        try:
+            ds = read_instance(Path(record.spool_path), self.limits)
+            t1 = time.perf_counter()
+            routed = self._routes(ds)
+            prepared = {package.name: package.analyzer.prepare(ds) for package in routed}
+        except (DicomInputError, PreprocessingError) as exc:
+            self._set_aside(record, str(exc))
+            return
+        except Exception as exc:  # an unexpected failure on one instance must not stop the service
+            log.exception("decoding %s failed", record.sop_instance_uid)
+            self._set_aside(record, f"could not be decoded: {exc}")
+            return
+        waited = max(0.0, time.time() - record.received_at)
+        stage_ms = {"receive": round(waited * 1e3, 3), "decode": round((t1 - t0) * 1e3, 3)}
+        self.queue.advance(record.sop_instance_uid, InstanceState.DECODED, worker=_DECODER)
+        self._handoff.put(_Job(record, ds, prepared, stage_ms))  # blocks when inference lags: back-pressure
+
+    def _decode_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                record = self.queue.claim_next(InstanceState.RECEIVED, _DECODER)
+            except Exception:
+                log.exception("work queue claim failed")
+                record = None
+            if record is None:
+                self._stop.wait(0.02)
+                continue
+            self._decode_one(record)
+        self._handoff.put(_STOP)
+
+    def _infer_loop(self) -> None:
+        while True:
+            job = self._handoff.get()
+            if job is _STOP:
+                return
+            assert isinstance(job, _Job)
+            try:
+                self._infer_one(job)
+            except Exception as exc:  # contained: the instance stays claimable and is retried, then failed
+                log.exception("analysing %s failed", job.record.sop_instance_uid)
+                self._emit("analysis-failed", "error", str(exc), {"sop": job.record.sop_instance_uid})
+
+    def _infer_one(self, job: _Job) -> None:
+        ds = job.ds
+        findings = []
+        for name, prepared in job.prepared.items():
+            package = self.packages.live.get(name)
+            if package is None:
+                continue
+            try:
+                analyses: list[Analysis] = package.analyzer.finish(ds, prepared)
+            except EngineError as exc:
+                self._emit("analysis-failed", "error", f"{name}: {exc}", {"sop": job.record.sop_instance_uid})
+                raise
+            made = build_findings(
+                ds,
+                analyses,
+                package.manifest,
+                package.sha256,
+                site=self.config.appliance.site,
+                device=self.config.appliance.device,
+                site_key=self.site_key,
+                phi=self.config.phi,
+                broker_tls=self.config.mqtt.uses_tls,
+                stage_ms=job.stage_ms,
+            )
+            for finding in made:
+                self._latencies.append(finding.latency_ms.get("total", 0.0))
+                for stage, value in finding.latency_ms.items():
+                    self.metrics.latency.labels(stage=stage).observe(value / 1e3)
+                self.metrics.findings.labels(
+                    package=name, label=finding.label, positive=str(finding.positive).lower()
+                ).inc()
+                if OUTSIDE_CALIBRATED_RANGE in finding.flags:
+                    scanner = str(ds.get("StationName", "") or ds.get("Manufacturer", "") or "unknown")
+                    self._drift_by_scanner[scanner] += 1
+                    self.metrics.drift.labels(scanner=scanner, package=name).inc()
+            findings.extend(made)
+        self.queue.record_findings(job.record.sop_instance_uid, findings)
+        # The finding is what must survive; the image has served its purpose once findings are durable.
+        self.spool.remove(job.record.spool_path)
+
+    # -- health ----------------------------------------------------------------------------------------------------
+
+    def _liveness(self) -> list[str]:
+        dead = [thread.name for thread in self._threads if not thread.is_alive()]
+        return [f"thread {name} is not running" for name in dead]
+
+    def _readiness(self) -> list[str]:
+        problems = self._liveness()
+        if not self.packages.live:
+            problems.append("no package is live")
+        problems += [f"{r.path.name}: {r.reason}" for r in self.packages.refused if r.check != "superseded"]
+        if self.scp is None or not self.scp.running:
+            problems.append("the DICOM SCP is not listening")
+        return problems
+
+    def heartbeat(self) -> Heartbeat:
+        """What the appliance reports about itself now (queue depths, latency, engines, disk, drift)."""
+        counts = self.queue.counts()
+        for state, count in counts.items():
+            self.metrics.queue_depth.labels(state=state).set(count)
+        outbox = self.queue.depth()
+        self.metrics.outbox_depth.set(outbox)
+        self.metrics.spool_bytes.set(self.spool.used_bytes())
+        latencies = sorted(self._latencies)
+        engines = []
+        for package in self.packages.live.values():
+            placement = package.placement
+            self.metrics.engine_degraded.labels(package=package.name).set(int(placement.degraded))
+            engines.append(
+                EngineHealth(
+                    package=f"{package.name} {package.manifest.model.version}",
+                    engine=placement.engine,
+                    device=placement.device,
+                    providers=placement.providers,
+                    nodes_by_provider=placement.nodes_by_provider,
+                    degraded=placement.degraded,
+                    reason=placement.reason,
+                )
+            )
+        refused = [r for r in self.packages.refused if r.check != "superseded"]
+        alarms = [f"package refused: {r.path.name}: {r.reason}" for r in refused]
+        return Heartbeat(
+            site=self.config.appliance.site,
+            device=self.config.appliance.device,
+            uptime_s=round(time.monotonic() - self._started_at, 3),
+            queues=counts,
+            latency_ms_p50=statistics.median(latencies) if latencies else None,
+            latency_ms_p95=latencies[int(0.95 * (len(latencies) - 1))] if latencies else None,
+            engines=engines,
+            disk_free_bytes=shutil.disk_usage(self.data_dir).free,
+            outbox_depth=outbox,
+            alarms=alarms,
+            drift=dict(self._drift_by_scanner),
+        )
+
+    def package_refs(self) -> list[object]:
+        """The live packages as status messages name them."""
+        return [package_ref(p.manifest, p.sha256) for p in self.packages.live.values()]
