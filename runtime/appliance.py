@@ -48,7 +48,7 @@ from runtime.ingest.scp import StorageSCP
 from runtime.metrics import RuntimeMetrics
 from runtime.packages import EventSink, LivePackage, PackageSet
 from runtime.spool import Spool, StoredInstance
-from runtime.work_queue import InstanceRecord, InstanceState, WorkQueue
+from runtime.work_queue import AddResult, InstanceRecord, InstanceState, WorkQueue
 from sdk.appliance_config import ApplianceConfig
 from sdk.errors import DicomInputError, EngineError, MedgeError, PreprocessingError
 from sdk.messages import EngineHealth, Heartbeat
@@ -179,7 +179,6 @@ class Appliance:
         self.packages.load()
         self.router = self._router()
         log.info("resumed: %s", resumed)
-        self._recover_decoded()
         self._threads = [
             threading.Thread(target=self._decode_loop, name="medge-decode", daemon=True),
             threading.Thread(target=self._infer_loop, name="medge-infer", daemon=True),
@@ -257,15 +256,24 @@ class Appliance:
             log.warning("re-queued %d spooled instance(s) the work queue had not recorded", added)
 
     def _recover_decoded(self) -> None:
-        """Instances decoded before a crash but never analysed: their tensors died with the process; redo them."""
-        while (record := self.queue.claim_next(InstanceState.DECODED, _DECODER)) is not None:
+        """Instances decoded before a crash but never analysed: their tensors died with the process; redo them.
+
+        All are claimed at once: redoing one moves it back to ``decoded``, where a
+        one-by-one claim would pick it up again.
+        """
+        for record in self.queue.claim_batch(InstanceState.DECODED, _DECODER, limit=1_000_000):
             self._decode_one(record)
 
     # -- ingest ----------------------------------------------------------------------------------------------------
 
     def _on_stored(self, stored: StoredInstance) -> None:
-        self.queue.add(stored)
+        outcome = self.queue.add(stored)
         self.metrics.received.labels(source=stored.source.value).inc()
+        if outcome is AddResult.DUPLICATE:
+            record = self.queue.get(stored.sop_instance_uid)
+            if record is not None and record.state in (InstanceState.ANALYSED, InstanceState.REPORTED):
+                # A resend of a finished instance: its findings exist; the fresh copy only takes quota.
+                self.spool.remove(stored.path)
 
     # -- the pipeline ----------------------------------------------------------------------------------------------
 
@@ -306,6 +314,10 @@ class Appliance:
         self._handoff.put(_Job(record, ds, prepared, stage_ms))  # blocks when inference lags: back-pressure
 
     def _decode_loop(self) -> None:
+        try:
+            self._recover_decoded()
+        except Exception:
+            log.exception("recovering decoded instances failed")
         while not self._stop.is_set():
             try:
                 record = self.queue.claim_next(InstanceState.RECEIVED, _DECODER)

@@ -286,10 +286,12 @@ class Spool:
 
         A file is moved (it leaves its original place); bytes are written. Both are
         fsync'd. If the quota has no room the payload is dropped (a file source is
-        deleted) and only the reason file is written, saying so.
+        deleted) and only the reason file is written, saying so. A spooled instance
+        set aside later (it failed to decode) moves within the spool: it is already
+        counted, so it is always kept, and its emptied series folder goes.
 
         Args:
-            source: a file to move in, or the received bytes.
+            source: a file to move in (from the inbox, or a spooled instance), or the received bytes.
             reason: why it was refused, in words an operator can act on.
             name: a hint for the file name (sanitised); defaults to the file's name.
 
@@ -307,9 +309,10 @@ class Spool:
         kept = False
         try:
             size = source.stat().st_size if isinstance(source, Path) else len(source)
+            spooled = isinstance(source, Path) and source.absolute().is_relative_to(self._root)
             with self._lock:
-                room = self._used + size <= self._quota
-                if room:
+                room = spooled or self._used + size <= self._quota
+                if room and not spooled:
                     self._used += size
             if room:
                 try:
@@ -319,9 +322,13 @@ class Spool:
                         self._write_atomic(target, source)
                     kept = True
                 except OSError:
-                    with self._lock:
-                        self._used -= size
+                    if not spooled:
+                        with self._lock:
+                            self._used -= size
                     raise
+                if spooled and isinstance(source, Path):
+                    with self._lock:
+                        self._prune_empty_dirs(source.absolute().parent)
             elif isinstance(source, Path):
                 source.unlink(missing_ok=True)
             text = f"reason: {reason}\nquarantined_at: {datetime.now(UTC).isoformat()}\n"
@@ -357,14 +364,7 @@ class Spool:
             except OSError as exc:
                 raise SpoolError(f"cannot remove: {exc.strerror or exc}", path=target) from exc
             self._used -= size
-            parent = target.parent
-            # Empty series and study folders go too; quarantine and the root stay.
-            while parent != self._root and parent != self.quarantine_dir:
-                try:
-                    parent.rmdir()
-                except OSError:
-                    break
-                parent = parent.parent
+            parent = self._prune_empty_dirs(target.parent)
         try:
             _fsync_dir(parent)
         except OSError as exc:
@@ -384,6 +384,16 @@ class Spool:
     def _token(self) -> str:
         """A name unique among concurrent writers (O_EXCL catches the rest); cheaper than secrets."""
         return f"{os.getpid()}-{next(self._tokens)}"
+
+    def _prune_empty_dirs(self, folder: Path) -> Path:
+        """Remove emptied series and study folders (call with the lock held); return the first one kept."""
+        while folder != self._root and folder != self.quarantine_dir and folder.is_relative_to(self._root):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+            folder = folder.parent
+        return folder
 
     def _make_dirs(self, series_dir: Path) -> list[Path]:
         """Create the study/series folders; return the parents whose entries must be fsync'd."""

@@ -11,6 +11,7 @@ from sdk.cli.bench import bench
 from sdk.cli.compile import compile_command
 from sdk.cli.console import MedgeTyper, console
 from sdk.cli.demo import demo
+from sdk.cli.serve import serve
 
 app = MedgeTyper(
     add_completion=False,
@@ -24,6 +25,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(package.app, name="package")
 app.command("compile")(compile_command)
 app.command("bench")(bench)
+app.command("serve")(serve)
 app.command("demo")(demo)
 
 
@@ -54,3 +56,7 @@ def _main(
 def run() -> None:
     """Console-script entry point."""
     app()
+
+
+if __name__ == "__main__":
+    run()

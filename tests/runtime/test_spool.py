@@ -130,6 +130,17 @@ def test_quarantine_moves_a_file_in(tmp_path: Path) -> None:
     assert f"source: {source}" in Path(f"{target}.reason.txt").read_text()
 
 
+def test_a_spooled_instance_set_aside_later_is_not_counted_twice(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 1_000)
+    path = spool.store(b"d" * 900, study_instance_uid=STUDY, series_instance_uid=SERIES, sop_instance_uid="1.7").path
+
+    target = spool.quarantine(path, "pixel data cannot be decoded")  # kept although 900 more would not fit
+
+    assert target.read_bytes() == b"d" * 900 and not path.exists()
+    assert not (tmp_path / STUDY).exists()
+    assert spool.used_bytes() == _disk_bytes(tmp_path)
+
+
 def test_quarantine_without_room_keeps_only_the_reason(tmp_path: Path) -> None:
     spool = Spool(tmp_path, 100)
     kept = spool.quarantine(b"z" * 500, "dataset does not match")

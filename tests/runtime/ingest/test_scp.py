@@ -65,7 +65,9 @@ class Harness:
         return [p for p in self.spool.root.rglob(".*") if p.is_file()]
 
 
-def _start(tmp_path: Path, quota: int = 10**9, allowed: tuple[str, ...] = (SCANNER, PYSCU)) -> Iterator[Harness]:
+def _start(
+    tmp_path: Path, quota: int = 10**9, allowed: tuple[str, ...] = (SCANNER, PYSCU), **options: int
+) -> Iterator[Harness]:
     spool = Spool(tmp_path / "spool", quota)
     harness = Harness(scp=None, spool=spool)  # type: ignore[arg-type]
     config = DicomSection(ae_title="MEDGE", host="127.0.0.1", allowed_calling_aes=list(allowed))
@@ -76,6 +78,7 @@ def _start(tmp_path: Path, quota: int = 10**9, allowed: tuple[str, ...] = (SCANN
         on_event=harness.events.append,
         on_association_released=lambda assoc_id, n: harness.released.append((assoc_id, n)),
         port=0,
+        **options,
     )
     harness.scp.start()
     try:
@@ -359,6 +362,14 @@ def test_a_dataset_without_study_and_series_is_quarantined(scp: Harness) -> None
     assert scp.stored == []
     (event,) = scp.events_of(IngestEventKind.QUARANTINED)
     assert "StudyInstanceUID missing" in event.message
+
+
+def test_a_deflate_bomb_is_refused(tmp_path: Path) -> None:
+    for harness in _start(tmp_path, max_inflated_bytes=1000):
+        storescu(harness.scp.port, bundled("image_dfl.dcm"), extra=("-xd",))
+        assert harness.stored == []
+        (event,) = harness.events_of(IngestEventKind.QUARANTINED)
+        assert "inflates beyond 1000 bytes" in event.message
 
 
 def test_a_dataset_whose_uids_differ_from_the_request_is_refused(

@@ -1,0 +1,48 @@
+"""``medge serve``: run the appliance service until stopped (SIGTERM or Ctrl-C)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import typer
+
+from sdk.cli.console import console
+
+
+def serve(
+    config: Path = typer.Option(..., "--config", "-c", help="The appliance config (appliance.toml)."),
+    health_port: int = typer.Option(9810, help="Local port of /healthz, /readyz and /metrics (0: any free port)."),
+    json_logs: bool = typer.Option(True, "--json-logs/--plain-logs", help="Structured JSON logs (for journald)."),
+) -> None:
+    """Run the appliance: DICOM in (C-STORE SCP, watched folder), findings into the durable outbox.
+
+    Settings come from the config file, overridden by MEDGE_<SECTION>__<FIELD>
+    environment variables. Stops cleanly on SIGTERM or Ctrl-C: ingest first
+    (senders retry what was not acknowledged), then the workers.
+    """
+    from runtime.appliance import Appliance
+    from runtime.service_logging import configure_json_logging
+    from sdk.appliance_config import load_appliance_config
+
+    settings = load_appliance_config(config)
+    if json_logs:
+        configure_json_logging(logging.INFO)
+    appliance = Appliance(settings, health_port=health_port)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    appliance.start()
+    assert appliance.scp is not None and appliance.health is not None
+    live = ", ".join(f"{p.name} {p.manifest.model.version}" for p in appliance.packages.live.values()) or "none"
+    console.print(
+        f"[bold]medge appliance[/] {settings.appliance.site}/{settings.appliance.device} on {appliance.profile.id}: "
+        f"DICOM {settings.dicom.ae_title}@{settings.dicom.host}:{appliance.scp.port}, "
+        f"health http://127.0.0.1:{appliance.health.port}/readyz, packages live: {live}"
+    )
+    try:
+        stop.wait()
+    finally:
+        appliance.stop()
