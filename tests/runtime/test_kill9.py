@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import random
 import signal
@@ -17,24 +16,15 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage
 
 from device_profiles import get_profile
 from quantization.compile import CompileOptions, compile_package
-from runtime.ingest.sockets import nodelay_evt_handlers
 from sdk.model_config import load_model_config
 from sdk.reference_model import config_path, onnx_path
 from sdk.signing import generate_keypair, load_private_key
 from sdk.testing import PhantomSpec, generate_studies
 
 ROUNDS = 6
-
-# pynetdicom leaves the socket of an association whose peer was killed for the garbage collector.
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-]
 
 
 def _free_port() -> int:
@@ -107,26 +97,16 @@ def _start(config: Path, health_port: int) -> subprocess.Popen[bytes]:
     raise AssertionError(f"medge serve did not become ready:\n{tail}")
 
 
-def _send(port: int, files: list[Path], acked: set[str], stop: threading.Event) -> None:
-    ae = AE(ae_title="SCANNER1")
-    ae.add_requested_context(CTImageStorage)
-    try:
-        assoc = ae.associate("127.0.0.1", port, ae_title="MEDGE", evt_handlers=nodelay_evt_handlers())
-    except OSError:
-        return
-    if not assoc.is_established:
-        return
-    try:
-        for path in files:
-            if stop.is_set():
-                break
-            ds = pydicom.dcmread(path)
-            status = assoc.send_c_store(ds)
-            if status and status.Status == 0x0000:
-                acked.add(str(ds.SOPInstanceUID))
-        assoc.release()
-    except Exception:  # the service died under us: that is the point of the test
-        assoc.abort()
+def _send(port: int, files: list[Path], acked: set[str], kill_after: float | None = None) -> None:
+    """Run the scanner process; optionally SIGKILL ``service`` meanwhile (see the test)."""
+    sender = subprocess.Popen(
+        [sys.executable, "-m", "tests.runtime.dicom_sender", str(port), *map(str, files)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    out, _ = sender.communicate(timeout=300)
+    acked.update(line.strip() for line in out.splitlines() if line.strip())
 
 
 def _findings(db: Path) -> list[tuple[str, str]]:
@@ -141,14 +121,12 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(site) -> None:
     acked: set[str] = set()
     for _ in range(ROUNDS):
         service = _start(config, health_port)
-        stop = threading.Event()
-        sender = threading.Thread(target=_send, args=(dicom_port, files, acked, stop))
+        sender = threading.Thread(target=_send, args=(dicom_port, files, acked))
         sender.start()
-        time.sleep(rng.uniform(0.1, 1.2))
+        time.sleep(rng.uniform(0.4, 1.6))  # the sender process needs ~0.5 s to start; 40 instances take ~0.5 s
         os.kill(service.pid, signal.SIGKILL)
         service.wait()
-        stop.set()
-        sender.join(timeout=30)
+        sender.join(timeout=300)
     # Restart without resending: every instance that was acknowledged must come out with exactly one finding.
     service = _start(config, health_port)
     try:
@@ -162,8 +140,7 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(site) -> None:
         assert acked <= set(sops), f"lost {len(acked - set(sops))} acknowledged instance(s)"
         assert len(sops) == len(set(sops)), "an instance got two findings"
         # The scanner resends everything; still one finding each.
-        stop = threading.Event()
-        _send(dicom_port, files, acked, stop)
+        _send(dicom_port, files, acked)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and len({sop for _, sop in _findings(db)}) < len(files):
             time.sleep(0.2)
@@ -172,4 +149,3 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(site) -> None:
     finally:
         service.send_signal(signal.SIGTERM)
         service.wait(timeout=60)
-        gc.collect()  # release the sockets pynetdicom left behind here, under this module's warning filter
