@@ -1,10 +1,11 @@
 """ONNX Runtime INT8: pre-processing, calibration, determinism, TensorRT structure, CPU fusion and the settings search.
 
 The fixture networks are small CNNs (conv/BN/ReLU, a residual block, global
-pooling, a linear read-out) exported from torch, on nodule-like images: a
-bright disc on a noisy background in half of them. The convolutions are
-random; the read-out is fitted by logistic regression to the disc label on the
-pooled features, so the score follows the image as a trained model's does.
+pooling, a linear read-out) written directly as ONNX (``onnx_builders``), on
+nodule-like images: a bright disc on a noisy background in half of them. The
+convolutions are random; the read-out is fitted by logistic regression to the
+disc label on the pooled features, so the score follows the image as a
+trained model's does.
 
 - ``detector`` pools by max (the strongest evidence anywhere): INT8 keeps up
   with FP32, except that entropy calibration clips the bright discs away.
@@ -88,26 +89,22 @@ def _export(pool: str, path: Path, size: int = SIZE, *, fold: bool = True, batch
     graph = CnnGraph("image", (1, size, size), batch=batch, seed=0)
     rng = np.random.default_rng(1)
 
-    def bn(x: str, name: str) -> str:
-        channels = 8 if name.startswith("/c1/") else 16
+    def conv_bn(x: str, channels: int, conv: str, norm: str, stride: int = 1) -> str:
+        y = graph.conv(x, channels, name=conv, stride=stride)
         mean, var = rng.uniform(-0.1, 0.1, channels), rng.uniform(0.5, 1.5, channels)
-        return graph.batch_norm(x, mean, var, name=name, fold=fold)
+        return graph.batch_norm(y, mean, var, name=norm, fold=fold)
 
-    y = graph.relu(
-        bn(graph.conv("image", 8, name="/c1/c1.0/Conv"), "/c1/c1.1/BatchNormalization"), name="/c1/c1.2/Relu"
-    )
-    y = graph.conv(y, 16, name="/c2/c2.0/Conv", stride=2)
-    y = graph.relu(bn(y, "/c2/c2.1/BatchNormalization"), name="/c2/c2.2/Relu")
-    r = graph.relu(bn(graph.conv(y, 16, name="/r1/Conv"), "/b1/BatchNormalization"), name="/Relu")
-    r = bn(graph.conv(r, 16, name="/r2/Conv"), "/b2/BatchNormalization")
-    y = graph.relu(graph.add(y, r, name="/Add"), name="/Relu_1")
+    y = graph.relu(conv_bn("image", 8, "/c1/c1.0/Conv", "/c1/c1.1/BatchNormalization"), name="/c1/c1.2/Relu")
+    y = graph.relu(conv_bn(y, 16, "/c2/c2.0/Conv", "/c2/c2.1/BatchNormalization", 2), name="/c2/c2.2/Relu")
+    r = graph.relu(conv_bn(y, 16, "/r1/Conv", "/b1/BatchNormalization"), name="/Relu")
+    y = graph.relu(graph.add(y, conv_bn(r, 16, "/r2/Conv", "/b2/BatchNormalization"), name="/Add"), name="/Relu_1")
     if pool == "max":
         pooled = graph.global_max_pool(y, name="/MaxPool")
     else:
         pooled = graph.global_average_pool(y, name="/GlobalAveragePool")
     features = graph.flatten(pooled, name="/Flatten")
     train, labels = _images(256, seed=0, size=size)
-    weights, bias = fit_logistic(graph.run(train, [features])[0], labels)
+    weights, bias = fit_logistic(graph.run([features], {"image": train})[0], labels)
     logit = graph.gemm(features, weights[None], np.array([bias]), name="/fc/Gemm")
     graph.sigmoid(logit, name="/Sigmoid", output="probability")
     graph.sigmoid(graph.first_columns(features, 2, name="/Slice"), name="/Sigmoid_1", output="location")
