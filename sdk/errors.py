@@ -12,7 +12,13 @@ families are grouped by what the caller can do about them::
     ├── DicomInputError          a DICOM instance cannot be used (corrupt, unsupported)
     ├── PreprocessingError       an instance cannot be turned into a model input
     ├── EngineError              an inference engine failed to load or run
-    └── KeyStoreError            signing keys missing or unreadable
+    ├── KeyStoreError            signing keys missing or unreadable
+    ├── MessageError             (sdk.messages) an MQTT message does not match its schema
+    ├── ModelCheckError          (quantization.errors) the ONNX model cannot run on the profile's engine
+    ├── CalibrationError         (quantization.errors) too few usable calibration instances
+    ├── QuantizationGateError    (quantization.errors) no setting passes the accuracy gate
+    ├── SpoolError               (runtime.spool) the spool cannot store, move or remove a file
+    └── WorkQueueError           (runtime.work_queue) a state transition the queue does not allow
 
 Each error carries the context a user needs (the file, the field, the check)
 so that the CLI can print it without a traceback. Third-party exceptions are
