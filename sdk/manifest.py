@@ -102,8 +102,9 @@ class GoldenSample(_Strict):
     """An input and the outputs it must give on the device, within ``tolerance``.
 
     ``input`` and ``outputs`` name ``.npy`` files inside the package, gzip'd
-    when their name ends in ``.gz`` (inputs are most of a package's bytes
-    besides the model).
+    when their name ends in ``.gz``. Inputs are stored as float16 (they are
+    most of a package's bytes besides the model) and fed to the engine as
+    float32; the expected outputs were computed from exactly that input.
     """
 
     input: str

@@ -61,7 +61,7 @@ def bench(
         sample = np.zeros(manifest.model.preprocessing.input_shape(1), dtype=np.float32)
     else:
         raw = pkg.read(sample_member)
-        sample = np.load(io.BytesIO(gzip.decompress(raw) if sample_member.endswith(".gz") else raw))
+        sample = np.load(io.BytesIO(gzip.decompress(raw) if sample_member.endswith(".gz") else raw)).astype(np.float32)
     sizes = sorted({1, batch or profile.batch.default})
     models = [
         ModelUnderTest(
