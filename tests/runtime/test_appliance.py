@@ -14,40 +14,24 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from device_profiles import get_profile
-from quantization.compile import CompileOptions, compile_package
 from runtime.appliance import Appliance
 from runtime.ingest.sockets import nodelay_evt_handlers
 from sdk.appliance_config import ApplianceConfig
 from sdk.messages import parse_message
-from sdk.model_config import load_model_config
-from sdk.reference_model import config_path, onnx_path
-from sdk.signing import generate_keypair, load_private_key, load_public_key
 from sdk.testing import PhantomSpec, generate_studies
-from sdk.trust import TrustStore
 
 STORESCU = "/usr/bin/storescu"
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory):
+def installed(reference_packages, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("appliance")
-    generate_studies(root / "calib", 3, PhantomSpec(slices=12), seed=21)
-    pair = generate_keypair(root / "keys")
     packages = root / "packages"
-    compile_package(
-        onnx_path(),
-        load_model_config(config_path()),
-        get_profile("generic-x86_64-cpu"),
-        root / "calib",
-        load_private_key(pair.private_path),
-        packages / "chest-ct-nodule.medge",
-        CompileOptions(precision="fp32"),
-    )
+    reference_packages.build(packages / "chest-ct-nodule.medge")
     studies = root / "studies"
     truths = generate_studies(studies, 2, PhantomSpec(slices=6), seed=77)
     files = [studies / str(t.folder) / str(s.file) for t in truths for s in t.series[0].slices]
-    return packages, TrustStore.from_keys([load_public_key(pair.public_path)]), files
+    return packages, reference_packages.trusted, files
 
 
 def _config(tmp_path: Path, packages: Path) -> ApplianceConfig:

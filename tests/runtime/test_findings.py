@@ -4,38 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from device_profiles import get_profile
-from quantization.compile import CompileOptions, compile_package
 from runtime.analyzer import Analyzer
 from runtime.findings import OUTSIDE_CALIBRATED_RANGE, build_findings
 from sdk.appliance_config import PhiSection
-from sdk.model_config import load_model_config
 from sdk.package import verify_package
-from sdk.reference_model import config_path, onnx_path
-from sdk.signing import generate_keypair, load_private_key, load_public_key
-from sdk.testing import PhantomSpec, generate_series, generate_studies
-from sdk.trust import TrustStore
+from sdk.testing import PhantomSpec, generate_series
 
 SITE_KEY = b"site-key-for-tests"
 
 
 @pytest.fixture(scope="module")
-def analyzer(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("findings")
-    generate_studies(root / "calib", 3, PhantomSpec(slices=12), seed=5)
-    pair = generate_keypair(root / "keys")
-    out = root / "p.medge"
-    compile_package(
-        onnx_path(),
-        load_model_config(config_path()),
-        get_profile("generic-x86_64-cpu"),
-        root / "calib",
-        load_private_key(pair.private_path),
-        out,
-        CompileOptions(precision="fp32"),
-    )
-    package = verify_package(out, TrustStore.from_keys([load_public_key(pair.public_path)]))
-    analyzer = Analyzer(package, ["CPUExecutionProvider"])
+def analyzer(reference_packages, tmp_path_factory: pytest.TempPathFactory):
+    out = reference_packages.build(tmp_path_factory.mktemp("findings") / "p.medge")
+    analyzer = Analyzer(verify_package(out, reference_packages.trusted), ["CPUExecutionProvider"])
     yield analyzer
     analyzer.close()
 

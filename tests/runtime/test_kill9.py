@@ -17,11 +17,6 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from device_profiles import get_profile
-from quantization.compile import CompileOptions, compile_package
-from sdk.model_config import load_model_config
-from sdk.reference_model import config_path, onnx_path
-from sdk.signing import generate_keypair, load_private_key
 from sdk.testing import PhantomSpec, generate_studies
 
 ROUNDS = 6
@@ -34,22 +29,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory):
+def site(reference_packages, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("kill9")
-    generate_studies(root / "calib", 3, PhantomSpec(slices=12), seed=8)
-    pair = generate_keypair(root / "keys")
     trusted = root / "trusted"
     trusted.mkdir()
-    (trusted / "k.pub").write_bytes(pair.public_path.read_bytes())
-    compile_package(
-        onnx_path(),
-        load_model_config(config_path()),
-        get_profile("generic-x86_64-cpu"),
-        root / "calib",
-        load_private_key(pair.private_path),
-        root / "packages" / "chest-ct-nodule.medge",
-        CompileOptions(precision="fp32"),
-    )
+    (trusted / "k.pub").write_bytes(reference_packages.pair.public_path.read_bytes())
+    reference_packages.build(root / "packages" / "chest-ct-nodule.medge")
     truths = generate_studies(root / "studies", 4, PhantomSpec(slices=10), seed=99)
     files = [root / "studies" / str(t.folder) / str(s.file) for t in truths for s in t.series[0].slices]
     dicom_port, health_port = _free_port(), _free_port()

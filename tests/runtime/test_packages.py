@@ -10,30 +10,18 @@ import numpy as np
 import pytest
 
 from device_profiles import get_profile
-from quantization.compile import CompileOptions, compile_package
 from runtime.packages import PackageSet
-from sdk.model_config import load_model_config
 from sdk.package import open_package, write_package
-from sdk.reference_model import config_path, onnx_path
-from sdk.signing import generate_keypair, load_private_key, load_public_key
-from sdk.testing import PhantomSpec, generate_studies
-from sdk.trust import TrustStore
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("packages")
-    calib = root / "calib"
-    generate_studies(calib, 3, PhantomSpec(slices=12), seed=31)
-    pair = generate_keypair(root / "keys")
-    key = load_private_key(pair.private_path)
-    config = load_model_config(config_path())
-    built = {}
-    for profile_id in ("generic-x86_64-cpu", "jetson-orin-nano-8gb"):
-        out = root / "built" / f"{profile_id}.medge"
-        compile_package(onnx_path(), config, get_profile(profile_id), calib, key, out, CompileOptions(precision="fp32"))
-        built[profile_id] = out
-    return built, key, TrustStore.from_keys([load_public_key(pair.public_path)])
+def setup(reference_packages, tmp_path_factory: pytest.TempPathFactory):
+    built = tmp_path_factory.mktemp("packages")
+    packages = {
+        profile_id: reference_packages.build(built / f"{profile_id}.medge", profile_id)
+        for profile_id in ("generic-x86_64-cpu", "jetson-orin-nano-8gb")
+    }
+    return packages, reference_packages.key, reference_packages.trusted
 
 
 def _install(folder: Path, *packages: Path) -> Path:
