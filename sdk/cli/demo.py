@@ -7,8 +7,10 @@ analysed → a findings table scored against the phantoms' ground truth.
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,14 +47,14 @@ def demo(
 
     [dim]Later stages (broker, appliance service, dashboard) join this same command.[/]
     """
-    import pydicom
 
     from device_profiles import detect_host, get_profile, list_profiles, match_profile
     from quantization.calibration import labels_from_phantom_truth
     from quantization.compile import CompileOptions, compile_package
-    from runtime.analyzer import Analyzer
+    from runtime.appliance import Appliance
+    from sdk.appliance_config import ApplianceConfig
+    from sdk.messages import Finding
     from sdk.model_config import load_model_config
-    from sdk.package import verify_package
     from sdk.reference_model import config_path, onnx_path
     from sdk.signing import generate_keypair, load_private_key
     from sdk.testing import PhantomSpec, generate_studies
@@ -108,54 +110,105 @@ def demo(
         listener.close()
     console.print(compile_summary(result))
 
-    # 5. What an appliance does at start: verify, load, accept with golden samples.
-    package = verify_package(package_path, TrustStore.load())
-    analyzer = Analyzer(package, chosen.preferences, threads=chosen.default_threads)
-    report = analyzer.check_golden()
-    if not report.ok:
-        console.print(
-            f"[bold red]golden samples failed[/] ({report.passed}/{report.total}, worst Δ {report.worst_delta:g})"
-        )
-        raise typer.Exit(0 if once else 1)
-    placement = analyzer.placement
-    console.print(
-        f"[bold]engine[/]    {placement.engine} on {placement.device}"
-        + (f" [yellow](degraded: {placement.reason})[/]" if placement.degraded else "")
-        + f"; golden samples {report.passed}/{report.total} within {report.tolerance:g}"
+    # 5. The appliance service (verify, load, golden samples), fed by a simulated scanner over C-STORE.
+    appliance_dir = out / "appliance"
+    shutil.rmtree(appliance_dir, ignore_errors=True)  # a fresh appliance: the same instances would be duplicates
+    (appliance_dir / "packages").mkdir(parents=True)
+    shutil.copy2(package_path, appliance_dir / "packages" / package_path.name)
+    settings = ApplianceConfig(
+        appliance={
+            "site": "demo-site",
+            "device": "demo-ct",
+            "profile": chosen.id,
+            "demo": True,
+            "data_dir": appliance_dir / "data",
+        },
+        dicom={"ae_title": "MEDGE", "host": "127.0.0.1"},
+        mqtt={"port": 1883},
+        packages={"dir": appliance_dir / "packages"},
     )
-
-    # 6. Analyse every slice.
-    results: list[_SliceResult] = []
-    total = sum(len(s.slices) for t in truths for s in t.series)
-    with progress_bars() as progress:
-        task = progress.add_task("analysing slices", total=total)
-        for truth in truths:
-            for series in truth.series:
-                for slice_truth in series.slices:
-                    ds = pydicom.dcmread(study_dir / str(truth.folder) / str(slice_truth.file))
-                    t0 = time.perf_counter()
-                    (analysis,) = analyzer.analyze(ds)
-                    elapsed = (time.perf_counter() - t0) * 1e3
-                    verdict = analysis.result
-                    where = ""
-                    if verdict.positive and verdict.patient_mm is not None:
-                        x, y, z = verdict.patient_mm
-                        where = f"({x:.0f}, {y:.0f}, {z:.0f})"
-                    results.append(
-                        _SliceResult(
-                            truth.patient_id,
-                            slice_truth.instance_number,
-                            slice_truth.has_nodule,
-                            verdict.score,
-                            verdict.positive,
-                            where,
-                            elapsed,
-                        )
-                    )
-                    progress.advance(task)
-    analyzer.close()
+    appliance = Appliance(settings, trusted=TrustStore.load(), dicom_port=0)
+    appliance.start()
+    try:
+        live = appliance.packages.live.get(config.name)
+        if live is None:
+            reasons = "; ".join(r.reason for r in appliance.packages.refused) or "no package found"
+            console.print(f"[bold red]the package did not go live:[/] {reasons}")
+            raise typer.Exit(0 if once else 1)
+        placement, golden = live.placement, live.golden
+        assert appliance.scp is not None and appliance.health is not None
+        console.print(
+            f"[bold]appliance[/] DICOM MEDGE@127.0.0.1:{appliance.scp.port}, "
+            f"health http://127.0.0.1:{appliance.health.port}/readyz"
+        )
+        console.print(
+            f"[bold]engine[/]    {placement.engine} on {placement.device}"
+            + (f" [yellow](degraded: {placement.reason})[/]" if placement.degraded else "")
+            + f"; golden samples {golden.passed}/{golden.total} within {golden.tolerance:g}"
+        )
+        files = {
+            str(s.sop_instance_uid): (truth, s) for truth in truths for series in truth.series for s in series.slices
+        }
+        with progress_bars() as progress:
+            task = progress.add_task("scanner → appliance (C-STORE)", total=len(files))
+            sent = _scanner(appliance.scp.port, study_dir, truths, lambda: progress.advance(task))
+            task = progress.add_task("findings in the outbox", total=sent)
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                counts = appliance.queue.counts()
+                done = sum(counts.get(state, 0) for state in ("analysed", "reported", "quarantined", "failed"))
+                progress.update(task, completed=done)
+                if done >= sent:
+                    break
+                time.sleep(0.05)
+        results: list[_SliceResult] = []
+        for entry in appliance.queue.findings():
+            finding = Finding.model_validate_json(entry.payload)
+            truth, slice_truth = files[str(entry.sop_instance_uid)]
+            where = ""
+            if finding.positive and finding.location and finding.location.patient_mm:
+                x, y, z = finding.location.patient_mm
+                where = f"({x:.0f}, {y:.0f}, {z:.0f})"
+            results.append(
+                _SliceResult(
+                    truth.patient_id,
+                    slice_truth.instance_number,
+                    slice_truth.has_nodule,
+                    finding.score,
+                    finding.positive,
+                    where,
+                    finding.latency_ms.get("total", 0.0),
+                )
+            )
+    finally:
+        appliance.stop()
+    results.sort(key=lambda r: (r.study, r.instance))
     _print_findings(results, config.thresholds[config.labels[0]])
     console.print(f"[dim]demo finished in {time.monotonic() - started:.1f} s[/]")
+
+
+def _scanner(port: int, study_dir: Path, truths: list, on_sent: Callable[[], None]) -> int:
+    """A simulated CT scanner: one association per study, every slice C-STOREd (TCP_NODELAY)."""
+    from pydicom.uid import CTImageStorage
+    from pynetdicom import AE
+
+    from runtime.ingest.sockets import nodelay_evt_handlers
+
+    ae = AE(ae_title="DEMO_CT")
+    ae.add_requested_context(CTImageStorage)
+    sent = 0
+    for truth in truths:
+        assoc = ae.associate("127.0.0.1", port, ae_title="MEDGE", evt_handlers=nodelay_evt_handlers())
+        if not assoc.is_established:
+            raise RuntimeError("the appliance refused the scanner's association")
+        for series in truth.series:
+            for slice_truth in series.slices:
+                status = assoc.send_c_store(study_dir / str(truth.folder) / str(slice_truth.file))
+                if status and status.Status == 0x0000:
+                    sent += 1
+                on_sent()
+        assoc.release()
+    return sent
 
 
 def _print_findings(results: list[_SliceResult], threshold: float) -> None:
@@ -203,5 +256,6 @@ def _print_findings(results: list[_SliceResult], threshold: float) -> None:
     console.print(
         f"[bold]summary[/]   {len(results)} slices, {tp + fp} flagged; per-slice sensitivity {sensitivity:.1%}, "
         f"specificity {specificity:.1%} against the phantoms' ground truth; "
-        f"latency p50 {statistics.median(latencies):.1f} ms, p95 {p95:.1f} ms per slice (read + analyse)"
+        f"latency p50 {statistics.median(latencies):.1f} ms, p95 {p95:.1f} ms per slice "
+        "(spooled → finding, queueing included)"
     )
