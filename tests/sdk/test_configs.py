@@ -125,13 +125,16 @@ def test_appliance_config_field_errors(tmp_path: Path, change, field) -> None:
 
 
 def test_appliance_config_carries_routing_rules(tmp_path: Path) -> None:
-    text = APPLIANCE_TOML + """
+    text = (
+        APPLIANCE_TOML
+        + """
 [[routing.rules]]
 package = "chest-ct-nodule"
 modality = ["CT"]
 orientation = "axial"
 unit = "instance"
 """
+    )
     config = load_appliance_config(write(tmp_path, "r.toml", text))
     assert config.routing.rules[0].package == "chest-ct-nodule"
     bad = text.replace('orientation = "axial"', 'orientation = "diagonal"')
