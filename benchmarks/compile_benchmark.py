@@ -56,8 +56,9 @@ from device_profiles import get_profile
 from quantization.calibration import find_instances, labels_from_phantom_truth
 from quantization.compile import CompileOptions, CompileResult, compile_package
 from quantization.fidelity import compare
+from quantization.fp32_reference import fp32_reference_engine
 from runtime.analyzer import Analyzer
-from runtime.benchmark import ModelUnderTest, fp32_reference_engine
+from runtime.benchmark import ModelUnderTest
 from runtime.engines import load_engine
 from runtime.engines.onnxruntime_engine import OnnxRuntimeEngine
 from runtime.engines.openvino_engine import OpenVinoEngine

@@ -157,6 +157,7 @@ def package_model(
         if wanted not in output_names:
             raise PackageError(f"model has no output {wanted!r} (has {sorted(output_names)})", path=onnx_path)
     record = dict(extra_record or {})
+    versions = library_versions()
     engine = EngineSpec(
         name=engine_name,  # type: ignore[arg-type]
         files=sorted(name for name in engine_files if not name.endswith(".json")),
@@ -171,8 +172,8 @@ def package_model(
         outputs=outputs,
         engine=engine,
         compile=CompileRecord(
-            toolchain=f"medge {library_versions().get('medge', 'dev')}",
-            versions=library_versions(),
+            toolchain=f"medge {versions.get('medge', 'dev')}",
+            versions=versions,
             created=datetime.now(UTC).replace(microsecond=0),
             duration_s=0.0,
             method=method,

@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from runtime.engines import Engine, load_engine
-from sdk.package import ModelPackage
 
-__all__ = ["BenchFigures", "ModelUnderTest", "bench_side_by_side", "fp32_reference_engine", "peak_rss_mb"]
+__all__ = ["BenchFigures", "ModelUnderTest", "bench_side_by_side", "load_package_engine", "peak_rss_mb"]
 
 
 @dataclass(frozen=True)
@@ -43,27 +42,6 @@ class ModelUnderTest:
     label: str
     engine: Engine
     input_name: str
-
-
-def fp32_reference_engine(package: ModelPackage, onnx_path: Path, preferences: list[str], threads: int) -> Engine:
-    """The FP32 ONNX model on the package's own engine (ONNX Runtime or OpenVINO), for a fair ratio."""
-    from runtime.engines.onnxruntime_engine import OnnxRuntimeEngine
-
-    if package.manifest.engine.name == "openvino":
-        import openvino as ov
-
-        from runtime.engines.openvino_engine import OpenVinoEngine
-
-        model = ov.convert_model(str(onnx_path))
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="medge-bench-") as tmp:
-            xml = Path(tmp) / "model.xml"
-            ov.save_model(model, str(xml), compress_to_fp16=False)
-            return OpenVinoEngine(
-                xml.read_bytes(), xml.with_suffix(".bin").read_bytes(), preferences, threads=threads, name="fp32"
-            )
-    return OnnxRuntimeEngine(onnx_path.read_bytes(), preferences, threads=threads, name="fp32")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -156,13 +134,3 @@ def load_package_engine(
 
     package = verify_package(path, TrustStore.load(trusted_dir))
     return load_engine(package, preferences, threads=threads), package.manifest.inputs[0].name
-
-
-def load_fp32_engine(
-    package_path: Path, trusted_dir: Path | None, onnx_path: Path, preferences: list[str], threads: int
-) -> tuple[Engine, str]:
-    """The FP32 reference engine of a package (module level, so a spawned child can call it)."""
-    from sdk.package import open_package
-
-    package = open_package(package_path)
-    return fp32_reference_engine(package, onnx_path, preferences, threads), package.manifest.inputs[0].name

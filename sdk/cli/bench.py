@@ -33,11 +33,10 @@ def bench(
     import numpy as np
 
     from device_profiles import get_profile
+    from quantization.fp32_reference import fp32_reference_engine, load_fp32_engine
     from runtime.benchmark import (
         ModelUnderTest,
         bench_side_by_side,
-        fp32_reference_engine,
-        load_fp32_engine,
         load_package_engine,
         peak_rss_mb,
     )
@@ -86,7 +85,7 @@ def bench(
         with console.status("peak memory, each model alone in a fresh process"):
             peaks = [
                 peak_rss_mb(partial(load_package_engine, package, trust, preferences, threads), sample),
-                peak_rss_mb(partial(load_fp32_engine, package, trust, fp32, preferences, threads), sample),
+                peak_rss_mb(partial(load_fp32_engine, package, fp32, preferences, threads), sample),
             ]
     for model in models:
         model.engine.close()
