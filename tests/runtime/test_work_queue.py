@@ -494,8 +494,7 @@ def run_child(path: Path, count: int, seed: int, kill_after_lines: int | None, d
     lines = (b"".join(seen) + out).decode().split("\n")[:-1]  # the last piece may be a line cut by the kill
     if kill_after_lines is None:
         assert proc.returncode == 0 and lines[-1] == "DONE", err.decode()
-    else:
-        assert "DONE" not in lines, "the child finished before it was killed"
+    elif "DONE" not in lines:  # a late run may finish its little remaining work before the kill lands
         assert proc.returncode == -9, err.decode()
     return lines
 
@@ -533,12 +532,15 @@ def test_sigkill_at_random_points_loses_nothing_and_duplicates_nothing(tmp_path:
     rng = random.Random(20240611)
     added: set[str] = set()
     analysed: set[str] = set()
+    killed = 0
     for run in range(20):
         lines = run_child(path, count, seed=run, kill_after_lines=rng.randint(0, 8), delay=rng.uniform(0, 0.01))
+        killed += "DONE" not in lines
         added |= {line[2:] for line in lines if line.startswith("A ")}
         analysed |= {line[2:] for line in lines if line.startswith("F ")}
         check_invariants(path, added, analysed, count)
     assert analysed, "no run got as far as recording findings"
+    assert killed >= 10, f"only {killed} of 20 runs were killed mid-stream"
 
     run_child(path, count, seed=99, kill_after_lines=None)
     counts = check_invariants(path, added, analysed, count)
