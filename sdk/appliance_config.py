@@ -59,6 +59,9 @@ class DicomSection(_Section):
     )
     spool_quota_mb: int = Field(default=10_240, ge=1)
     watch_dir: Path | None = None
+    instance_timeout_s: float = Field(
+        default=60.0, gt=0, description="an instance still decoding or analysing after this is set aside (a hang)"
+    )
 
 
 class MqttSection(_Section):
