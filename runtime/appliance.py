@@ -2,19 +2,28 @@
 
 ::
 
-    SCP / watched folder ─▶ spool (fsync) ─▶ work queue (SQLite) ─▶ decoder thread
-        read with limits, route, preprocess ──(bounded hand-off: back-pressure)──▶ inference thread
+    SCP / watched folder / submit() ─▶ spool (fsync) ─▶ work queue (SQLite) ─▶ decoder thread
+        read with limits, track series, route, preprocess ──(bounded hand-off: back-pressure)──▶ inference thread
         engine, post-process, drift ─▶ findings + instance state in ONE durable transaction (outbox)
+    series tracker (release + quiet time) ─▶ series thread: a complete series' slices, in order,
+        through each package its rules route it to ─▶ one finding per series and package (outbox)
 
 Each hop has one durable hand-off: an instance is fsync'd in the spool
 before the scanner hears "success"; its findings are in the outbox in the
 same transaction that marks it analysed, with ids stable for instance +
 package, so ``kill -9`` at any moment loses nothing and duplicates nothing.
 Bad input is quarantined with a reason and an event; the service keeps serving.
+An instance still decoding or analysing after ``[dicom] instance_timeout_s``
+is quarantined as a hang and its worker thread replaced (Python cannot
+interrupt a thread; the stuck one is abandoned and its late result dropped).
+
+Routing rules with ``unit = "series"`` make the appliance track series: the
+files of a series stay in the spool until the series is complete and
+analysed; instance rules are served as instances arrive.
 
 Events (``on_event(kind, severity, message, detail)``): ``package-live``,
-``package-refused``, ``engine-degraded``, ``quarantined``, ``analysis-failed``
-and the ingest events of :mod:`runtime.ingest`.
+``package-refused``, ``engine-degraded``, ``quarantined``, ``analysis-failed``,
+``instance-timeout``, ``worker-stuck`` and the ingest events of :mod:`runtime.ingest`.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import shutil
 import statistics
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,15 +52,18 @@ from runtime.decode import DecodeLimits, read_instance
 from runtime.findings import OUTSIDE_CALIBRATED_RANGE, build_findings, package_ref
 from runtime.health import HealthServer
 from runtime.ingest.events import IngestEvent
+from runtime.ingest.files import store_part10
 from runtime.ingest.folder_watch import FolderWatcher
 from runtime.ingest.scp import StorageSCP
 from runtime.metrics import RuntimeMetrics
 from runtime.packages import EventSink, LivePackage, PackageSet
-from runtime.spool import Spool, StoredInstance
-from runtime.work_queue import AddResult, InstanceRecord, InstanceState, WorkQueue
+from runtime.postprocess import series_result
+from runtime.series import SeriesInstance, SeriesTracker
+from runtime.spool import IngestSource, Spool, StoredInstance
+from runtime.work_queue import AddResult, InstanceRecord, InstanceState, SeriesClaim, WorkQueue
 from sdk.appliance_config import ApplianceConfig
 from sdk.errors import DicomInputError, EngineError, MedgeError, PreprocessingError
-from sdk.messages import EngineHealth, Heartbeat
+from sdk.messages import EngineHealth, Finding, Heartbeat
 from sdk.routing import Router, RoutingSubject, build_router
 from sdk.trust import TrustStore
 
@@ -60,7 +72,9 @@ __all__ = ["Appliance"]
 log = logging.getLogger(__name__)
 
 _DECODER = "decoder"
+_SERIES = "series"
 _STOP = object()
+_MAX_STUCK_THREADS = 3  # beyond this many abandoned workers the service says it is not alive (systemd restarts it)
 
 
 @dataclass
@@ -69,6 +83,7 @@ class _Job:
     ds: Dataset
     prepared: dict[str, Prepared]
     stage_ms: dict[str, float]
+    keep_file: bool = False  # its series still needs it
 
 
 def _site_key(path: Path) -> bytes:
@@ -123,7 +138,12 @@ class Appliance:
         self._handoff: queue.Queue[_Job | object] = queue.Queue(maxsize=queue_size)
         self._user_sink = on_event
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._work = threading.Event()  # set when an instance arrives: the decoder does not poll
+        self._threads: dict[str, threading.Thread] = {}
+        self._generation: Counter[str] = Counter()
+        self._busy: dict[str, tuple[str, float, int]] = {}  # role → (SOP Instance UID, since, generation)
+        self._abandoned: list[threading.Thread] = []
+        self.series: SeriesTracker | None = None
         self._latencies: deque[float] = deque(maxlen=1000)
         self._drift_by_scanner: Counter[str] = Counter()
         self._started_at = time.monotonic()
@@ -178,18 +198,22 @@ class Appliance:
         )
         self.packages.load()
         self.router = self._router()
+        if self.router is not None and "series" in self.router.units:
+            self.series = SeriesTracker(
+                self.queue,
+                quiet_time_s=self.config.dicom.quiet_time_s,
+                unreleased_timeout_s=self.config.dicom.unreleased_timeout_s,
+            )
         log.info("resumed: %s", resumed)
-        self._threads = [
-            threading.Thread(target=self._decode_loop, name="medge-decode", daemon=True),
-            threading.Thread(target=self._infer_loop, name="medge-infer", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        roles = ["decode", "infer", "watchdog"] + (["series"] if self.series is not None else [])
+        for role in roles:
+            self._spawn(role)
         self.scp = StorageSCP(
             self.config.dicom,
             self.spool,
             self._on_stored,
             on_event=self._on_ingest_event,
+            on_association_released=self.series.association_released if self.series is not None else None,
             port=self._dicom_port,
         )
         self.scp.start()
@@ -208,7 +232,8 @@ class Appliance:
         if self.scp is not None:
             self.scp.stop()
         self._stop.set()
-        for thread in self._threads:
+        self._work.set()
+        for thread in list(self._threads.values()):
             thread.join(timeout=30)
         if self.health is not None:
             self.health.stop()
@@ -221,6 +246,24 @@ class Appliance:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _spawn(self, role: str) -> None:
+        """Start (or replace) the worker thread of a role; a replaced one sees its generation is stale and ends."""
+        self._generation[role] += 1
+        target = {
+            "decode": self._decode_loop,
+            "infer": self._infer_loop,
+            "watchdog": self._watchdog_loop,
+            "series": self._series_loop,
+        }[role]
+        thread = threading.Thread(
+            target=target, args=(self._generation[role],), name=f"medge-{role}-{self._generation[role]}", daemon=True
+        )
+        self._threads[role] = thread
+        thread.start()
+
+    def _current(self, role: str, generation: int) -> bool:
+        return self._generation[role] == generation
 
     def _router(self) -> Router | None:
         section = self.config.routing
@@ -266,14 +309,37 @@ class Appliance:
 
     # -- ingest ----------------------------------------------------------------------------------------------------
 
+    def submit(self, data: bytes | str | Path) -> str:
+        """Take one DICOM Part 10 file from the embedding program (its own receiver, a test, a tool).
+
+        The file is fsync'd into the spool and queued exactly as a C-STORE is;
+        its finding appears in the outbox like any other.
+
+        Returns:
+            The instance's SOP Instance UID (the key of :meth:`WorkQueue.findings`).
+
+        Raises:
+            DicomInputError: not a DICOM file, or its identifying UIDs are missing or invalid.
+            SpoolFullError: the spool's quota has no room (back-pressure: try again later).
+            SpoolError: the spool could not write it.
+        """
+        raw = Path(data).read_bytes() if isinstance(data, str | Path) else bytes(data)
+        if len(raw) > self.limits.max_bytes:
+            raise DicomInputError(f"{len(raw)} bytes exceed the limit of {self.limits.max_bytes}")
+        stored = store_part10(self.spool, raw, source=IngestSource.API, max_bytes=self.limits.max_bytes)
+        self._on_stored(stored)
+        return stored.sop_instance_uid
+
     def _on_stored(self, stored: StoredInstance) -> None:
-        outcome = self.queue.add(stored)
+        # Not fsync'd: the spool file is, and _reconcile() re-queues what a crash lost from this commit.
+        outcome = self.queue.add(stored, durable=False)
         self.metrics.received.labels(source=stored.source.value).inc()
         if outcome is AddResult.DUPLICATE:
             record = self.queue.get(stored.sop_instance_uid)
             if record is not None and record.state in (InstanceState.ANALYSED, InstanceState.REPORTED):
                 # A resend of a finished instance: its findings exist; the fresh copy only takes quota.
                 self.spool.remove(stored.path)
+        self._work.set()
 
     # -- the pipeline ----------------------------------------------------------------------------------------------
 
@@ -282,7 +348,7 @@ class Appliance:
         if self.router is None:
             modality = str(ds.get("Modality", ""))
             return [p for p in live.values() if modality in p.manifest.model.preprocessing.modalities]
-        subject = RoutingSubject.from_dataset(ds)
+        subject = RoutingSubject.from_dataset(ds, keywords=self.router.keywords)
         return [live[name] for name in self.router.route(subject, live=live.keys()) if name in live]
 
     def _set_aside(self, record: InstanceRecord, reason: str) -> None:
@@ -296,9 +362,13 @@ class Appliance:
 
     def _decode_one(self, record: InstanceRecord) -> None:
         t0 = time.perf_counter()
+        keep_file = False
         try:
             ds = read_instance(Path(record.spool_path), self.limits)
             t1 = time.perf_counter()
+            if self.series is not None:
+                instance = SeriesInstance.from_dataset(ds, keywords=self.router.keywords if self.router else ())
+                keep_file = self.series.instance_added(instance)
             routed = self._routes(ds)
             prepared = {package.name: package.analyzer.prepare(ds) for package in routed}
         except (DicomInputError, PreprocessingError) as exc:
@@ -311,36 +381,50 @@ class Appliance:
         waited = max(0.0, time.time() - record.received_at)
         stage_ms = {"receive": round(waited * 1e3, 3), "decode": round((t1 - t0) * 1e3, 3)}
         self.queue.advance(record.sop_instance_uid, InstanceState.DECODED, worker=_DECODER)
-        self._handoff.put(_Job(record, ds, prepared, stage_ms))  # blocks when inference lags: back-pressure
+        self._handoff.put(_Job(record, ds, prepared, stage_ms, keep_file))  # blocks when inference lags
 
-    def _decode_loop(self) -> None:
-        try:
-            self._recover_decoded()
-        except Exception:
-            log.exception("recovering decoded instances failed")
-        while not self._stop.is_set():
+    def _decode_loop(self, generation: int) -> None:
+        if generation == 1:
+            try:
+                self._recover_decoded()
+            except Exception:
+                log.exception("recovering decoded instances failed")
+        while not self._stop.is_set() and self._current("decode", generation):
+            self._work.clear()  # before the claim: an arrival after it sets it again
             try:
                 record = self.queue.claim_next(InstanceState.RECEIVED, _DECODER)
             except Exception:
                 log.exception("work queue claim failed")
                 record = None
             if record is None:
-                self._stop.wait(0.02)
+                self._work.wait(0.5)
                 continue
-            self._decode_one(record)
-        self._handoff.put(_STOP)
+            self._busy["decode"] = (record.sop_instance_uid, time.monotonic(), generation)
+            try:
+                self._decode_one(record)
+            except Exception:  # e.g. the watchdog set it aside meanwhile: its claim is gone
+                log.exception("decoding %s ended in an error", record.sop_instance_uid)
+            finally:
+                if self._current("decode", generation):
+                    self._busy.pop("decode", None)
+        if self._current("decode", generation):
+            self._handoff.put(_STOP)
 
-    def _infer_loop(self) -> None:
-        while True:
+    def _infer_loop(self, generation: int) -> None:
+        while self._current("infer", generation):
             job = self._handoff.get()
             if job is _STOP:
                 return
             assert isinstance(job, _Job)
+            self._busy["infer"] = (job.record.sop_instance_uid, time.monotonic(), generation)
             try:
                 self._infer_one(job)
             except Exception as exc:  # contained: the instance stays claimable and is retried, then failed
                 log.exception("analysing %s failed", job.record.sop_instance_uid)
                 self._emit("analysis-failed", "error", str(exc), {"sop": job.record.sop_instance_uid})
+            finally:
+                if self._current("infer", generation):
+                    self._busy.pop("infer", None)
 
     def _infer_one(self, job: _Job) -> None:
         ds = job.ds
@@ -354,39 +438,142 @@ class Appliance:
             except EngineError as exc:
                 self._emit("analysis-failed", "error", f"{name}: {exc}", {"sop": job.record.sop_instance_uid})
                 raise
-            made = build_findings(
-                ds,
-                analyses,
-                package.manifest,
-                package.sha256,
-                site=self.config.appliance.site,
-                device=self.config.appliance.device,
-                site_key=self.site_key,
-                phi=self.config.phi,
-                broker_tls=self.config.mqtt.uses_tls,
-                stage_ms=job.stage_ms,
-            )
-            for finding in made:
-                self._latencies.append(finding.latency_ms.get("total", 0.0))
-                for stage, value in finding.latency_ms.items():
-                    self.metrics.latency.labels(stage=stage).observe(value / 1e3)
-                self.metrics.findings.labels(
-                    package=name, label=finding.label, positive=str(finding.positive).lower()
-                ).inc()
-                if OUTSIDE_CALIBRATED_RANGE in finding.flags:
-                    scanner = str(ds.get("StationName", "") or ds.get("Manufacturer", "") or "unknown")
-                    self._drift_by_scanner[scanner] += 1
-                    self.metrics.drift.labels(scanner=scanner, package=name).inc()
-            findings.extend(made)
+            findings += self._findings(ds, analyses, package, job.stage_ms)
         self.queue.record_findings(job.record.sop_instance_uid, findings)
-        # The finding is what must survive; the image has served its purpose once findings are durable.
-        self.spool.remove(job.record.spool_path)
+        # The finding is what must survive; the image has served its purpose once findings are durable
+        # (unless its series is still to be analysed: the series thread removes it then).
+        if not job.keep_file:
+            self.spool.remove(job.record.spool_path)
+
+    # -- hangs -----------------------------------------------------------------------------------------------------
+
+    def _watchdog_loop(self, generation: int) -> None:
+        timeout = self.config.dicom.instance_timeout_s
+        while not self._stop.wait(min(0.25, timeout / 4)):
+            now = time.monotonic()
+            for role, (sop, since, worker_generation) in list(self._busy.items()):
+                if now - since <= timeout or not self._current(role, worker_generation):
+                    continue
+                self._busy.pop(role, None)
+                stuck = self._threads[role]
+                self._abandoned = [t for t in self._abandoned if t.is_alive()] + [stuck]
+                reason = f"timed out after {timeout:g} s in {role} (a hang); its worker was replaced"
+                self._emit("instance-timeout", "error", f"instance {sop}: {reason}", {"sop": sop, "stage": role})
+                try:
+                    record = self.queue.get(sop)
+                    if record is not None:
+                        self._set_aside(record, reason)
+                except Exception:
+                    log.exception("could not set aside timed-out instance %s", sop)
+                if len(self._abandoned) > _MAX_STUCK_THREADS:
+                    self._emit("worker-stuck", "critical", f"{len(self._abandoned)} worker threads are stuck")
+                self._spawn(role)
+
+    # -- series ----------------------------------------------------------------------------------------------------
+
+    def _series_loop(self, generation: int) -> None:
+        assert self.series is not None
+        while not self._stop.wait(0.2):
+            try:
+                self.series.tick()
+                while not self._stop.is_set() and (claim := self.queue.claim_series(_SERIES)) is not None:
+                    self._analyse_series(claim)
+            except Exception:  # contained: a claimed series returns after its lease and is tried again
+                log.exception("series analysis failed")
+
+    def _analyse_series(self, claim: SeriesClaim) -> None:
+        """One finding per package the complete series is routed to, from its slices in order."""
+        assert self.series is not None and self.router is not None
+        uid = claim.series_instance_uid
+        info = self.series.get(uid)
+        live = self.packages.live
+        names = [] if info is None else self.router.route(info.routing_subject(), live=live.keys())
+        slices = self.series.slices(uid)
+        findings = []
+        for name in names:
+            package = live[name]
+            results: list[tuple[Path, Analysis]] = []
+            stage_ms: dict[str, float] = defaultdict(float)
+            for image in slices:
+                if image.spool_path is None or not image.spool_path.exists():
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    ds = read_instance(image.spool_path, self.limits)
+                    stage_ms["decode"] += (time.perf_counter() - t0) * 1e3
+                    analyses = package.analyzer.analyze(ds)
+                except (DicomInputError, PreprocessingError) as exc:
+                    log.warning("series %s: slice %s skipped: %s", uid, image.sop_instance_uid, exc)
+                    continue
+                for analysis in analyses:
+                    for stage, value in analysis.latency_ms.items():
+                        stage_ms[stage] += value
+                    results.append((image.spool_path, analysis))
+            if not results:
+                log.warning("series %s: no slice could be analysed by %s", uid, name)
+                continue
+            index, result = series_result([analysis.result for _, analysis in results])
+            drifts = [analysis.drift for _, analysis in results if analysis.drift is not None]
+            path, deciding = results[index]
+            whole = Analysis(
+                deciding.frame,
+                result,
+                {stage: round(value, 3) for stage, value in stage_ms.items()},
+                statistics.median(drifts) if drifts else None,
+            )
+            header = pydicom.dcmread(path, stop_before_pixels=True)  # the deciding slice names the finding
+            findings += self._findings(header, [whole], package, {}, series=True)
+        self.queue.record_series_findings(claim, findings)
+        for image in self.series.slices(uid, include_set_aside=True):
+            if image.spool_path is not None and image.state in (InstanceState.ANALYSED, InstanceState.REPORTED):
+                self.spool.remove(image.spool_path)
+        log.info("series %s analysed: %d finding(s) from %s", uid, len(findings), ", ".join(names) or "no package")
+
+    def _findings(
+        self,
+        ds: Dataset,
+        analyses: list[Analysis],
+        package: LivePackage,
+        stage_ms: dict[str, float],
+        *,
+        series: bool = False,
+    ) -> list[Finding]:
+        """Findings of one package's analyses, counted in the metrics, the latency window and the drift watch."""
+        made = build_findings(
+            ds,
+            analyses,
+            package.manifest,
+            package.sha256,
+            site=self.config.appliance.site,
+            device=self.config.appliance.device,
+            site_key=self.site_key,
+            phi=self.config.phi,
+            broker_tls=self.config.mqtt.uses_tls,
+            stage_ms=stage_ms,
+            series=series,
+        )
+        for finding in made:
+            self._latencies.append(finding.latency_ms.get("total", 0.0))
+            for stage, value in finding.latency_ms.items():
+                self.metrics.latency.labels(stage=stage).observe(value / 1e3)
+            self.metrics.findings.labels(
+                package=package.name, label=finding.label, positive=str(finding.positive).lower()
+            ).inc()
+            if OUTSIDE_CALIBRATED_RANGE in finding.flags:
+                scanner = str(ds.get("StationName", "") or ds.get("Manufacturer", "") or "unknown")
+                self._drift_by_scanner[scanner] += 1
+                self.metrics.drift.labels(scanner=scanner, package=package.name).inc()
+        return made
 
     # -- health ----------------------------------------------------------------------------------------------------
 
     def _liveness(self) -> list[str]:
-        dead = [thread.name for thread in self._threads if not thread.is_alive()]
-        return [f"thread {name} is not running" for name in dead]
+        dead = [thread.name for thread in self._threads.values() if not thread.is_alive()]
+        problems = [f"thread {name} is not running" for name in dead]
+        stuck = [thread.name for thread in self._abandoned if thread.is_alive()]
+        if len(stuck) > _MAX_STUCK_THREADS:
+            problems.append(f"{len(stuck)} worker threads are stuck: {', '.join(stuck)}")
+        return problems
 
     def _readiness(self) -> list[str]:
         problems = self._liveness()

@@ -47,6 +47,7 @@ def build_findings(
     broker_tls: bool,
     stage_ms: dict[str, float] | None = None,
     drift_threshold: float = DRIFT_THRESHOLD,
+    series: bool = False,
 ) -> list[Finding]:
     """One finding per analysed image of ``ds`` (sequence numbers are assigned by the outbox).
 
@@ -62,6 +63,8 @@ def build_findings(
         broker_tls: whether the broker connection is TLS (PHI never travels in clear).
         stage_ms: per-instance stage times measured before analysis (``receive``, ``decode``).
         drift_threshold: drift above which a finding is flagged ``outside calibrated range``.
+        series: the finding is a whole series' (``ds`` is its deciding image): its id is
+            stable for series + package, its instance reference names the deciding image.
     """
     instance_uid = str(ds.SOPInstanceUID)
     ref = package_ref(manifest, package_sha256)
@@ -81,7 +84,11 @@ def build_findings(
         latency["total"] = round(sum(latency.values()), 3)
         findings.append(
             Finding(
-                id=finding_id(instance_uid, package_sha256, analysis.frame),
+                id=(
+                    finding_id(str(ds.get("SeriesInstanceUID", "")), package_sha256)
+                    if series
+                    else finding_id(instance_uid, package_sha256, analysis.frame)
+                ),
                 site=site,
                 device=device,
                 seq=0,

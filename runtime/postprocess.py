@@ -8,8 +8,8 @@ coordinates in millimetres.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 from pydicom import Dataset
@@ -17,7 +17,7 @@ from pydicom import Dataset
 from sdk.errors import EngineError
 from sdk.model_config import ModelConfig
 
-__all__ = ["Classification", "classify", "pixel_to_patient"]
+__all__ = ["Classification", "classify", "pixel_to_patient", "series_result"]
 
 
 @dataclass(frozen=True)
@@ -84,3 +84,22 @@ def classify(outputs: Mapping[str, np.ndarray], config: ModelConfig, index: int,
             column = float(np.clip(where[1], 0, 1) * columns - 0.5)
             patient = pixel_to_patient(ds, row, column) if positive else None
     return Classification(label, scores[label], scores, threshold, positive, row, column, patient)
+
+
+def series_result(results: Sequence[Classification]) -> tuple[int, Classification]:
+    """A series' result from its images' results, and the index of the image that decides it.
+
+    The deciding image is a positive one if any is, the one furthest above
+    (or least below) its label's threshold; the series takes its label,
+    decision and location (so a reader can go to that slice), with each
+    label's score the maximum over the series.
+
+    Raises:
+        ValueError: no results.
+    """
+    if not results:
+        raise ValueError("a series result needs at least one image result")
+    index = max(range(len(results)), key=lambda i: (results[i].positive, results[i].score - results[i].threshold))
+    best = results[index]
+    scores = {label: max(r.scores.get(label, 0.0) for r in results) for label in best.scores}
+    return index, replace(best, scores=scores)

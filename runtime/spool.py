@@ -69,6 +69,7 @@ class IngestSource(enum.StrEnum):
 
     SCP = "scp"
     FOLDER = "folder"
+    API = "api"  # Appliance.submit: a device maker's own receiver
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,7 @@ class StoredInstance:
         transfer_syntax_uid: how the dataset in the file is encoded.
         size_bytes: size of the spooled file.
         received_at: when it was stored (UTC).
-        source: the SCP or the watched folder.
+        source: the SCP, the watched folder or ``Appliance.submit``.
         calling_ae: the sender's AE title (SCP only).
         association_id: the association it came in on (SCP only); groups
             instances for the "association released" signal.

@@ -21,11 +21,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from runtime.ingest.events import IngestEvent, IngestEventHandler, IngestEventKind, emit
-from runtime.ingest.part10 import read_header
+from runtime.ingest.files import store_part10
 from runtime.spool import IngestSource, Spool, SpoolError, SpoolFullError, StoredInstance
 from sdk.errors import DicomInputError
 
@@ -178,39 +177,19 @@ class FolderWatcher:
             logger.warning("cannot read %s (will retry): %s", path, exc)
             return False
         try:
-            header = read_header(data, max_inflated_bytes=self._max_bytes).identity()
+            instance = store_part10(self._spool, data, source=IngestSource.FOLDER, max_bytes=self._max_bytes)
         except DicomInputError as exc:
             self._quarantine(path, exc.message)
             return False
-        received_at = datetime.now(UTC)
-        try:
-            written = self._spool.store(
-                data,
-                study_instance_uid=header.study_instance_uid,
-                series_instance_uid=header.series_instance_uid,
-                sop_instance_uid=header.sop_instance_uid,
-            )
         except SpoolFullError:
             return False  # raced with another writer; the next poll waits for room
         except SpoolError as exc:
             self._event(IngestEventKind.STORE_FAILED, f"{path}: spool write failed: {exc}", path)
             return False
-        instance = StoredInstance(
-            path=written.path,
-            sop_class_uid=header.sop_class_uid,
-            sop_instance_uid=header.sop_instance_uid,
-            study_instance_uid=header.study_instance_uid,
-            series_instance_uid=header.series_instance_uid,
-            transfer_syntax_uid=header.transfer_syntax_uid,
-            size_bytes=written.size_bytes,
-            received_at=received_at,
-            source=IngestSource.FOLDER,
-            duplicate=written.duplicate,
-        )
         try:
             self._on_stored(instance)
         except Exception as exc:
-            logger.exception("on_stored failed for %s", written.path)
+            logger.exception("on_stored failed for %s", instance.path)
             self._event(IngestEventKind.HOOK_FAILED, f"{path}: hand-off failed (will retry): {exc}", path)
             return False
         try:

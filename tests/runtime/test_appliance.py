@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -14,10 +15,13 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
+from runtime import appliance as appliance_module
 from runtime.appliance import Appliance
 from runtime.ingest.sockets import nodelay_evt_handlers
 from sdk.appliance_config import ApplianceConfig
-from sdk.messages import parse_message
+from sdk.errors import DicomInputError
+from sdk.messages import finding_id, parse_message
+from sdk.routing import RoutingRule, RoutingSection
 from sdk.testing import PhantomSpec, generate_studies
 
 STORESCU = "/usr/bin/storescu"
@@ -129,3 +133,105 @@ def test_no_package_means_not_ready(installed, tmp_path: Path) -> None:
     empty.mkdir()
     with Appliance(_config(tmp_path, empty), trusted=trusted, dicom_port=0) as appliance:
         assert "no package is live" in appliance._readiness()
+
+
+def _series_config(tmp_path: Path, packages: Path, *, quiet_time_s: float) -> ApplianceConfig:
+    config = _config(tmp_path, packages)
+    return config.model_copy(
+        update={
+            "dicom": config.dicom.model_copy(update={"quiet_time_s": quiet_time_s}),
+            "routing": RoutingSection(
+                rules=[
+                    RoutingRule(package="chest-ct-nodule", unit="instance", modality=["CT"]),
+                    RoutingRule(package="chest-ct-nodule", unit="series", modality=["CT"], min_slices=3),
+                ]
+            ),
+        }
+    )
+
+
+def test_a_series_over_two_associations_gets_one_series_finding(installed, tmp_path: Path) -> None:
+    packages, trusted, files = installed
+    series_files = files[:6]  # the first study's series
+    series_uid = str(pydicom.dcmread(series_files[0], stop_before_pixels=True).SeriesInstanceUID)
+    config = _series_config(tmp_path, packages, quiet_time_s=1.5)
+    with Appliance(config, trusted=trusted, dicom_port=0) as appliance:
+        assert appliance.scp is not None and appliance.series is not None
+        assert _storescu(appliance.scp.port, series_files[:3]).returncode == 0
+        assert _storescu(appliance.scp.port, series_files[3:]).returncode == 0
+        _wait(lambda: len(appliance.queue.findings()) == len(series_files) + 1)
+        time.sleep(2.0)  # nothing more comes: the series completed once
+        entries = appliance.queue.findings()
+        assert len(entries) == len(series_files) + 1
+        by_series = [e for e in entries if e.sop_instance_uid is None]
+        assert [e.series_instance_uid for e in by_series] == [series_uid]
+        whole = parse_message(by_series[0].payload)
+        slices = [parse_message(e.payload) for e in entries if e.sop_instance_uid is not None]
+        live = appliance.packages.live["chest-ct-nodule"]
+        assert whole.id == finding_id(series_uid, live.sha256)
+        # The series takes the deciding slice's decision and location; each score is the series maximum.
+        strongest = max(slices, key=lambda f: (f.positive, f.score - f.threshold))
+        assert whole.instance_ref == strongest.instance_ref
+        assert whole.positive == any(f.positive for f in slices)
+        assert whole.score == pytest.approx(max(f.score for f in slices), abs=1e-6)
+        assert set(whole.latency_ms) >= {"decode", "preprocess", "infer", "postprocess", "total"}
+        info = appliance.series.get(series_uid)
+        assert info is not None and info.instance_count == 6 and len(info.associations) == 2
+        # Its images left the spool once the series was analysed.
+        assert not list(appliance.spool.instances())
+
+
+def test_a_series_rule_that_does_not_match_gives_no_series_finding(installed, tmp_path: Path) -> None:
+    packages, trusted, files = installed
+    config = _series_config(tmp_path, packages, quiet_time_s=0.3)
+    with Appliance(config, trusted=trusted, dicom_port=0) as appliance:
+        assert appliance.scp is not None and appliance.series is not None
+        assert _storescu(appliance.scp.port, files[:2]).returncode == 0  # 2 slices < min_slices 3
+        _wait(lambda: bool(appliance.series.series("analysed")))
+        assert len(appliance.queue.findings()) == 2
+        assert all(e.sop_instance_uid is not None for e in appliance.queue.findings())
+        assert not list(appliance.spool.instances())
+
+
+def test_a_hung_decode_is_timed_out_and_the_service_keeps_serving(
+    installed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packages, trusted, files = installed
+    hung_sop = str(pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID)
+    release = threading.Event()
+    real_read = appliance_module.read_instance
+
+    def read_or_hang(path: Path, limits):  # fault injection: one instance never finishes decoding
+        if path.stem == hung_sop:
+            release.wait(30)
+        return real_read(path, limits)
+
+    monkeypatch.setattr(appliance_module, "read_instance", read_or_hang)
+    config = _config(tmp_path, packages)
+    config = config.model_copy(update={"dicom": config.dicom.model_copy(update={"instance_timeout_s": 0.5})})
+    events: list[str] = []
+    try:
+        with Appliance(config, trusted=trusted, on_event=lambda k, s, m, d: events.append(k)) as appliance:
+            appliance.submit(files[0])
+            time.sleep(0.1)
+            for path in files[1:4]:
+                appliance.submit(path)
+            _wait(lambda: _done(appliance) == 3, timeout=30)
+            record = appliance.queue.get(hung_sop)
+            assert record is not None and record.state == "quarantined" and "timed out" in str(record.reason)
+            assert "instance-timeout" in events
+            assert appliance._liveness() == []
+            release.set()  # the abandoned worker finishes late: its result must not resurrect the instance
+            time.sleep(0.5)
+            assert appliance.queue.get(hung_sop).state == "quarantined"
+            assert len(appliance.queue.findings()) == 3
+    finally:
+        release.set()
+
+
+def test_submit_refuses_what_is_not_dicom(installed, tmp_path: Path) -> None:
+    packages, trusted, _ = installed
+    with Appliance(_config(tmp_path, packages), trusted=trusted) as appliance:
+        with pytest.raises(DicomInputError):
+            appliance.submit(b"not a dicom file at all" * 10)
+        assert appliance._liveness() == []
