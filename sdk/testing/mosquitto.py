@@ -8,6 +8,7 @@ Production brokers are configured by :mod:`firmware_integration.broker`.
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -54,6 +55,9 @@ class MosquittoBroker:
         self.log_file = self.work_dir / "mosquitto.log"
         self.config_file = self.work_dir / "mosquitto.conf"
         lines = [
+            # As root Mosquitto drops to the "mosquitto" user, which cannot write into the test's private
+            # folders: it would then silently run without its log and its persistence file.
+            f"user {getpass.getuser()}",
             "per_listener_settings false",
             f"persistence {'true' if persistence else 'false'}",
             f"persistence_location {self.work_dir}/",
