@@ -19,7 +19,9 @@ families are grouped by what the caller can do about them::
     ├── QuantizationGateError    (quantization.errors) no setting passes the accuracy gate
     ├── SpoolError               (runtime.spool) the spool cannot store, move or remove a file
     ├── WorkQueueError           (runtime.work_queue) a state transition the queue does not allow
-    └── BrokerError              (firmware_integration.broker) the broker's files or process cannot be managed
+    ├── BrokerError              (firmware_integration.broker) the broker's files or process cannot be managed
+    ├── StoreError               (dashboard.store) the dashboard's database cannot be opened or migrated
+    └── StoreUnavailable         (dashboard.ingest) the database cannot take a batch now: retry, acknowledge nothing
 
 Each error carries the context a user needs (the file, the field, the check)
 so that the CLI can print it without a traceback. Third-party exceptions are

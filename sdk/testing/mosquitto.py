@@ -84,7 +84,9 @@ class MosquittoBroker:
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
                 log = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
-                raise RuntimeError(f"mosquitto exited with {self.process.returncode}: {err}{log}")
+                code = self.process.returncode
+                self._end(signal.SIGKILL)  # closes the pipe
+                raise RuntimeError(f"mosquitto exited with {code}: {err}{log}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return self

@@ -1,0 +1,171 @@
+"""The dashboard config (``dashboard.toml``) with environment overrides.
+
+Every field can be overridden by an environment variable named
+``MEDGE_DASHBOARD_<FIELD>`` or ``MEDGE_DASHBOARD_<SECTION>__<FIELD>`` (e.g.
+``MEDGE_DASHBOARD_MQTT__HOST=broker.local``,
+``MEDGE_DASHBOARD_STORE__URL=postgresql+psycopg://...``), which wins over the
+file, as for the appliance. Unsafe settings (an anonymous broker connection)
+are refused unless ``demo`` is true.
+
+A minimal file::
+
+    data_dir = "/var/lib/medge-dashboard"
+
+    [mqtt]
+    host = "broker.hospital.local"
+    username = "dashboard"
+    password_file = "/etc/medge/dashboard.password"
+    ca_file = "/etc/medge/ca.pem"
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from sdk.config_files import config_error_from_validation, read_toml
+
+__all__ = ["DashboardConfig", "MqttSection", "StoreSection", "load_dashboard_config"]
+
+_SEGMENT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_DATABASES = ("sqlite", "postgresql")
+
+
+def _default_client_id() -> str:
+    # Stable across restarts of the same host (the broker keeps the session under it)
+    # and different per host, so two dashboard servers never take each other's session.
+    host = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in socket.gethostname())
+    return f"medge-dashboard-{host}"[:64]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoreSection(_Section):
+    """Where findings, devices and events are kept."""
+
+    url: str | None = Field(
+        default=None,
+        description="sqlite:///path or postgresql[+driver]://...; default: dashboard.sqlite in data_dir",
+    )
+    heartbeat_history: int = Field(default=1440, ge=1, description="heartbeats kept per device for the charts")
+
+    @field_validator("url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            backend = make_url(value).get_backend_name()
+        except ArgumentError as exc:
+            raise ValueError(f"not a database URL: {value!r}") from exc
+        if backend not in _DATABASES:
+            raise ValueError(f"database {backend!r} is not supported (use sqlite or postgresql)")
+        return value
+
+
+class MqttSection(_Section):
+    """The broker connection and how the ingest consumes it."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8883, ge=1, le=65535)
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    client_id: str = Field(
+        default_factory=_default_client_id,
+        min_length=1,
+        max_length=64,
+        description="unique per dashboard process and stable across its restarts (the broker keeps its session)",
+    )
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    share_group: str = Field(
+        default="medge-dashboard", pattern=_SEGMENT, description="dashboard processes in one group split the load"
+    )
+    session_expiry_s: int = Field(
+        default=86_400, ge=0, description="how long the broker keeps this process's session and queue while it is away"
+    )
+    batch_window_ms: float = Field(
+        default=10.0, gt=0, le=1000, description="how long messages are collected into one transaction"
+    )
+    batch_max: int = Field(default=1000, ge=1, description="most messages in one transaction")
+    receive_maximum: int = Field(
+        default=4000,
+        ge=1,
+        le=65535,
+        description="uncommitted QoS 1 messages the broker may have in flight to this process (MQTT 5 Receive Maximum)",
+    )
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.ca_file is not None
+
+    @model_validator(mode="after")
+    def _cert_needs_key(self) -> MqttSection:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("mqtt.cert_file and mqtt.key_file go together")
+        if self.cert_file is not None and self.ca_file is None:
+            raise ValueError("mqtt.cert_file needs mqtt.ca_file (a client certificate is only sent over TLS)")
+        return self
+
+
+class DashboardConfig(BaseSettings):
+    """The whole dashboard config; see the module docstring for overrides."""
+
+    model_config = SettingsConfigDict(env_prefix="MEDGE_DASHBOARD_", env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Path("/var/lib/medge-dashboard")
+    demo: bool = Field(default=False, description="allow settings only fit for a demo on loopback")
+    store: StoreSection = StoreSection()
+    mqtt: MqttSection = MqttSection()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file arrives as init kwargs; the environment must win over it.
+        return (env_settings, init_settings)
+
+    @property
+    def store_url(self) -> str:
+        """The database URL: ``store.url``, or the SQLite file in ``data_dir``."""
+        if self.store.url is not None:
+            return self.store.url
+        return f"sqlite:///{(self.data_dir / 'dashboard.sqlite').resolve()}"
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> DashboardConfig:
+        if self.demo:
+            return self
+        if self.mqtt.username is None and self.mqtt.cert_file is None:
+            raise ValueError("mqtt needs a username/password_file or a client certificate (anonymous is demo-only)")
+        if self.mqtt.username is not None and self.mqtt.password_file is None:
+            raise ValueError("mqtt.username is set but mqtt.password_file is not")
+        return self
+
+
+def load_dashboard_config(path: str | Path) -> DashboardConfig:
+    """Read ``dashboard.toml`` and apply ``MEDGE_DASHBOARD_*`` environment overrides.
+
+    Raises:
+        ConfigError: the file is missing or not TOML, or a value is invalid
+            (names the file and the field).
+    """
+    data = read_toml(path, "dashboard config")
+    try:
+        return DashboardConfig(**data)
+    except ValidationError as exc:
+        raise config_error_from_validation(exc, path) from exc

@@ -1,0 +1,1 @@
+"""Alembic migrations of the dashboard store, applied by :func:`dashboard.store.create_store`."""

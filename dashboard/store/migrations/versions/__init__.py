@@ -1,0 +1,1 @@
+"""Alembic revisions of the dashboard store, oldest first."""

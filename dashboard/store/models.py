@@ -1,0 +1,284 @@
+"""The dashboard's tables (SQLAlchemy 2 typed ORM).
+
+The schema is owned by the Alembic migrations in ``dashboard/store/migrations``;
+these classes must match them (a test compares the two). Every message table
+keeps the message's own ``id`` as ``message_id`` under a unique constraint:
+that is the idempotency key that turns at-least-once delivery into an
+exactly-once effect. Rows get a small integer ``id`` too, for URLs and foreign
+keys from the UI's own tables (feedback, audit).
+
+Times are aware UTC datetimes. ``created`` is the device's clock (when the
+message was made), ``received_at`` the dashboard's (when it was committed).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from dashboard.store.types import JsonType, UtcDateTime
+
+__all__ = [
+    "Base",
+    "CommandResult",
+    "DeadLetter",
+    "DeadLetterCount",
+    "DeadLetterReason",
+    "Device",
+    "DeviceState",
+    "Event",
+    "Finding",
+    "FindingState",
+    "Heartbeat",
+    "SequenceGap",
+]
+
+# Named constraints, so migrations can address them (SQLite batch mode needs names).
+_NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class DeviceState(StrEnum):
+    """Whether an appliance is connected, from its retained status and will message."""
+
+    UNKNOWN = "unknown"
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class FindingState(StrEnum):
+    """Where a finding is in the staff's workflow (issue 6: new → acknowledged → reviewed)."""
+
+    NEW = "new"
+    ACKNOWLEDGED = "acknowledged"
+    REVIEWED = "reviewed"
+
+
+class DeadLetterReason(StrEnum):
+    """Why a message was set aside instead of stored."""
+
+    BAD_TOPIC = "bad-topic"
+    """The topic is not ``medge/v1/{site}/{device}/{kind}`` or not a kind the dashboard ingests."""
+    MALFORMED = "malformed"
+    """The payload is not a JSON object."""
+    SCHEMA = "schema"
+    """Unknown schema, or a field is missing or invalid."""
+    WRONG_KIND = "wrong-kind"
+    """A valid message of another family than the topic's (e.g. an event on ``.../finding``)."""
+    IDENTITY = "identity"
+    """The payload's site/device differ from the topic's: no appliance speaks for another."""
+    STORE = "store"
+    """The database refused the row."""
+
+
+def _enum(enum: type[StrEnum], length: int) -> Enum:
+    # Stored as plain strings (the values), checked in Python: adding a state later
+    # needs no ALTER TYPE on PostgreSQL and no table rebuild on SQLite.
+    return Enum(
+        enum,
+        native_enum=False,
+        create_constraint=False,
+        length=length,
+        values_callable=lambda members: [member.value for member in members],
+    )
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every dashboard table."""
+
+    metadata = MetaData(naming_convention=_NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UtcDateTime(),
+        dict[str, Any]: JsonType,
+        list[Any]: JsonType,
+    }
+
+
+class Device(Base):
+    """One appliance, created by its first message."""
+
+    __tablename__ = "devices"
+    __table_args__ = (UniqueConstraint("site", "device"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    site: Mapped[str] = mapped_column(String(64))
+    device: Mapped[str] = mapped_column(String(64))
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime] = mapped_column(comment="when any message of it was last received")
+    state: Mapped[DeviceState] = mapped_column(_enum(DeviceState, 16), default=DeviceState.UNKNOWN)
+    state_changed_at: Mapped[datetime | None]
+    status: Mapped[dict[str, Any] | None] = mapped_column(comment="the last status message (packages, version)")
+    last_heartbeat_at: Mapped[datetime | None]
+    last_heartbeat: Mapped[dict[str, Any] | None]
+    max_seq: Mapped[int | None] = mapped_column(comment="highest finding sequence number received")
+    missing_count: Mapped[int] = mapped_column(default=0, comment="sequence numbers below max_seq never received")
+    findings_count: Mapped[int] = mapped_column(default=0)
+
+
+class SequenceGap(Base):
+    """A run of finding sequence numbers of one device not (yet) received: ``first_seq..last_seq``."""
+
+    __tablename__ = "sequence_gaps"
+    __table_args__ = (Index(None, "device_id", "first_seq"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    first_seq: Mapped[int]
+    last_seq: Mapped[int]
+    detected_at: Mapped[datetime]
+
+
+class Finding(Base):
+    """One finding message, flattened for the worklist's filters and sorts."""
+
+    __tablename__ = "findings"
+    __table_args__ = (
+        Index(None, "created"),
+        Index(None, "site", "device", "created"),
+        Index(None, "label", "created"),
+        Index(None, "positive", "created"),
+        Index(None, "state", "created"),
+        Index(None, "modality", "created"),
+        Index(None, "device_id", "seq"),
+        Index(None, "score"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(128), unique=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    site: Mapped[str] = mapped_column(String(64))
+    device: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int]
+    package_name: Mapped[str] = mapped_column(String)
+    package_version: Mapped[str] = mapped_column(String)
+    package_precision: Mapped[str] = mapped_column(String)
+    package_profile: Mapped[str] = mapped_column(String)
+    package_sha256: Mapped[str] = mapped_column(String(64))
+    study_ref: Mapped[str] = mapped_column(String)
+    series_ref: Mapped[str] = mapped_column(String)
+    instance_ref: Mapped[str] = mapped_column(String)
+    accession_number: Mapped[str | None] = mapped_column(String)
+    modality: Mapped[str] = mapped_column(String)
+    frame: Mapped[int | None]
+    label: Mapped[str] = mapped_column(String)
+    score: Mapped[float]
+    scores: Mapped[dict[str, Any]]
+    threshold: Mapped[float]
+    positive: Mapped[bool]
+    location: Mapped[dict[str, Any] | None]
+    flags: Mapped[list[Any]]
+    latency_ms: Mapped[dict[str, Any]]
+    created: Mapped[datetime] = mapped_column(comment="device time the finding was made")
+    received_at: Mapped[datetime]
+    state: Mapped[FindingState] = mapped_column(_enum(FindingState, 16), default=FindingState.NEW)
+    state_changed_at: Mapped[datetime | None]
+
+
+class Event(Base):
+    """Something that happened on a device: a rejection, an error, a model change."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index(None, "created"),
+        Index(None, "device_id", "created"),
+        Index(None, "severity", "created"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(128), unique=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    site: Mapped[str] = mapped_column(String(64))
+    device: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]]
+    created: Mapped[datetime]
+    received_at: Mapped[datetime]
+
+
+class Heartbeat(Base):
+    """One heartbeat, kept for the device page's charts (the newest ``heartbeat_history`` per device)."""
+
+    __tablename__ = "heartbeats"
+    __table_args__ = (Index(None, "device_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(128))
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    created: Mapped[datetime]
+    received_at: Mapped[datetime]
+    uptime_s: Mapped[float]
+    queue_depth: Mapped[int] = mapped_column(comment="sum of the device's queues")
+    outbox_depth: Mapped[int]
+    latency_ms_p50: Mapped[float | None]
+    latency_ms_p95: Mapped[float | None]
+    degraded: Mapped[bool] = mapped_column(comment="an engine runs degraded (e.g. fell back to CPU)")
+    alarms: Mapped[list[Any]]
+    payload: Mapped[dict[str, Any]] = mapped_column(comment="the whole heartbeat message")
+
+
+class CommandResult(Base):
+    """A device's answer to a command, matched by ``correlation_id``."""
+
+    __tablename__ = "command_results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(128), unique=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    correlation_id: Mapped[str] = mapped_column(String(128), index=True)
+    ok: Mapped[bool]
+    result: Mapped[dict[str, Any]]
+    error: Mapped[str | None] = mapped_column(Text)
+    created: Mapped[datetime]
+    received_at: Mapped[datetime]
+
+
+class DeadLetter(Base):
+    """A message that could not be stored, kept whole (up to a size cap) with the reason."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (Index(None, "received_at"), Index(None, "reason", "received_at"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    topic: Mapped[str] = mapped_column(Text)
+    site: Mapped[str | None] = mapped_column(String(64), comment="from the topic, when it parses")
+    device: Mapped[str | None] = mapped_column(String(64), comment="from the topic, when it parses")
+    reason: Mapped[DeadLetterReason] = mapped_column(_enum(DeadLetterReason, 32))
+    detail: Mapped[str] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(String(128), comment="the payload's id, when it has one")
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    payload_text: Mapped[str | None] = mapped_column(Text, comment="the payload as text, when it is UTF-8")
+    payload_size: Mapped[int] = mapped_column(Integer, comment="bytes received (payload may be truncated)")
+    acked: Mapped[bool] = mapped_column(comment="acknowledged to its device so it leaves the outbox")
+    received_at: Mapped[datetime]
+
+
+class DeadLetterCount(Base):
+    """How many messages were dead-lettered for each reason (kept when old dead letters are purged)."""
+
+    __tablename__ = "dead_letter_counts"
+
+    reason: Mapped[DeadLetterReason] = mapped_column(_enum(DeadLetterReason, 32), primary_key=True)
+    count: Mapped[int]
+    first_at: Mapped[datetime]
+    last_at: Mapped[datetime]
