@@ -1,8 +1,8 @@
 """Turning an analysis into finding messages: identity, pseudonyms, decision, location, drift, latency.
 
-A finding's id is stable for instance + package (+ frame), so re-analysing the
-same instance after a crash produces the same id and the dashboard stores it
-once. Study references leave the appliance as keyed pseudonyms; the accession
+A finding's id is stable for instance + package (+ frame) on one appliance,
+so re-analysing the same instance after a crash produces the same id and the
+dashboard stores it once. Study references leave the appliance as keyed pseudonyms; the accession
 number only where the site's PHI policy allows it and the broker link is TLS.
 """
 
@@ -85,9 +85,9 @@ def build_findings(
         findings.append(
             Finding(
                 id=(
-                    finding_id(str(ds.get("SeriesInstanceUID", "")), package_sha256)
+                    finding_id(str(ds.get("SeriesInstanceUID", "")), package_sha256, origin=f"{site}/{device}")
                     if series
-                    else finding_id(instance_uid, package_sha256, analysis.frame)
+                    else finding_id(instance_uid, package_sha256, analysis.frame, origin=f"{site}/{device}")
                 ),
                 site=site,
                 device=device,

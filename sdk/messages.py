@@ -54,13 +54,16 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
-def finding_id(instance_uid: str, package_sha256: str, frame: int | None = None) -> str:
-    """The stable id of the finding of one instance (and frame) by one package.
+def finding_id(instance_uid: str, package_sha256: str, frame: int | None = None, *, origin: str = "") -> str:
+    """The stable id of the finding of one instance (and frame) by one package on one appliance.
 
     Re-analysing the same instance with the same package after a crash gives
-    the same id, so the dashboard stores it once.
+    the same id, so the dashboard stores it once. ``origin`` (``site/device``)
+    keeps apart the findings of two appliances that were sent the same study.
     """
     key = f"{instance_uid}|{package_sha256}|{'' if frame is None else frame}"
+    if origin:
+        key += f"|{origin}"
     return str(uuid.uuid5(_FINDING_NAMESPACE, key))
 
 

@@ -168,7 +168,7 @@ def test_a_series_over_two_associations_gets_one_series_finding(installed, tmp_p
         whole = parse_message(by_series[0].payload)
         slices = [parse_message(e.payload) for e in entries if e.sop_instance_uid is not None]
         live = appliance.packages.live["chest-ct-nodule"]
-        assert whole.id == finding_id(series_uid, live.sha256)
+        assert whole.id == finding_id(series_uid, live.sha256, origin="st-marys/ct-1")
         # The series takes the deciding slice's decision and location; each score is the series maximum.
         strongest = max(slices, key=lambda f: (f.positive, f.score - f.threshold))
         assert whole.instance_ref == strongest.instance_ref

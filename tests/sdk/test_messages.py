@@ -90,6 +90,8 @@ def test_finding_id_is_stable_and_distinct() -> None:
     assert a == finding_id("1.2.3", "f" * 64)
     assert a != finding_id("1.2.3", "e" * 64)
     assert a != finding_id("1.2.3", "f" * 64, frame=1)
+    # The same study sent to two appliances: two findings.
+    assert finding_id("1.2.3", "f" * 64, origin="s/ct-1") != finding_id("1.2.3", "f" * 64, origin="s/ct-2")
 
 
 def test_pseudonym_is_keyed() -> None:

@@ -134,7 +134,7 @@ def test_a_time_without_offset_is_read_as_utc(store: Store) -> None:
 
 
 def test_an_id_stored_for_another_device_still_counts_for_this_ones_sequence(store: Store) -> None:
-    # finding_id() hashes instance and package: one study sent to two appliances gives both the same id.
+    # finding_id() includes the device, so ids only collide if a device reuses another's (defensive).
     writer = BatchWriter(store)
     shared = make_finding(device="ct-1", seq=0)
     writer.write([_on(TopicKind.FINDING, shared.to_json())])
