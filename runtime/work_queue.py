@@ -53,13 +53,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sdk.errors import MedgeError
-from sdk.messages import Finding
+from sdk.messages import CommandResult, Event, Finding
 
 __all__ = [
     "DICOMDIR_SOP_CLASS",
     "AddResult",
     "InstanceRecord",
     "InstanceState",
+    "MessageEntry",
+    "OutboxDepth",
     "OutboxEntry",
     "OutboxState",
     "ResumeReport",
@@ -247,6 +249,16 @@ CREATE TABLE IF NOT EXISTS series_slices (
 );
 CREATE INDEX IF NOT EXISTS series_slices_by_position
     ON series_slices (series_instance_uid, orientation_key, projection);
+CREATE TABLE IF NOT EXISTS message_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created REAL NOT NULL,
+    sent_at REAL
+);
+CREATE INDEX IF NOT EXISTS message_outbox_by_state ON message_outbox (state, seq);
 """
 
 
@@ -286,6 +298,40 @@ class OutboxEntry:
     series_instance_uid: str | None
     sent_at: float | None
     acked_at: float | None
+
+
+@dataclass(frozen=True)
+class MessageEntry:
+    """An event or a command result in the messages outbox (``pending`` or ``sent``; deleted once acknowledged).
+
+    ``kind`` is its topic kind: ``event`` or ``cmd/result``.
+    """
+
+    message_id: str
+    kind: str
+    seq: int
+    payload: bytes
+    state: OutboxState
+    created: float
+    sent_at: float | None
+
+
+@dataclass(frozen=True)
+class OutboxDepth:
+    """What the outbox holds that the dashboard has not acknowledged, and how many messages were dropped.
+
+    ``messages`` are events and command results; findings are never dropped.
+    """
+
+    findings_pending: int
+    findings_sent: int
+    messages: int
+    messages_dropped: int
+
+    @property
+    def findings(self) -> int:
+        """Findings not yet acknowledged (the figure the size bound applies to)."""
+        return self.findings_pending + self.findings_sent
 
 
 @dataclass(frozen=True)
@@ -943,12 +989,188 @@ class WorkQueue:
                 "DELETE FROM outbox WHERE state = 'acked' AND acked_at < ?", (self.now() - older_than_s,)
             ).rowcount
 
+    # -- reporter: messages outbox and batched marks -----------------------------------------------------------------
+    # The MQTT reporter (runtime.reporting) sends findings, events and command results from here, one transaction per
+    # batch: a message is ``pending`` until the broker's PUBACK (then ``sent``) and leaves only when the dashboard's
+    # Ack names it (a finding becomes ``acked``, the others are deleted). These marks are bookkeeping
+    # (``synchronous=NORMAL``): losing the last of them to a power cut repeats a send, which the dashboard
+    # de-duplicates on the id.
+
+    def add_message(self, message: Event | CommandResult, *, limit: int = 10_000) -> int:
+        """Put an event or a command result into the messages outbox, fsync'd before it can be published.
+
+        Findings are never dropped; these are, oldest first, beyond ``limit``
+        unacknowledged ones, so that a storm of rejections cannot fill the
+        disk. The drops are counted (:attr:`OutboxDepth.messages_dropped`). A
+        message whose id is already there is ignored.
+
+        Returns:
+            How many older messages were dropped to make room.
+
+        Raises:
+            WorkQueueError: ``limit`` is below 1.
+        """
+        if limit < 1:
+            raise WorkQueueError(f"the messages outbox limit must be at least 1, got {limit}")
+        kind = "event" if isinstance(message, Event) else "cmd/result"
+        with self.transaction(durable=True) as db:
+            db.execute(
+                "INSERT OR IGNORE INTO message_outbox (message_id, kind, payload, state, created)"
+                " VALUES (?, ?, ?, 'pending', ?)",
+                (message.id, kind, message.to_json().decode(), self.now()),
+            )
+            excess = int(db.execute("SELECT count(*) FROM message_outbox").fetchone()[0]) - limit
+            if excess <= 0:
+                return 0
+            db.execute(
+                "DELETE FROM message_outbox WHERE seq IN (SELECT seq FROM message_outbox ORDER BY seq LIMIT ?)",
+                (excess,),
+            )
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('messages_dropped', ?) ON CONFLICT (key)"
+                " DO UPDATE SET value = CAST(value AS INTEGER) + CAST(excluded.value AS INTEGER)",
+                (str(excess),),
+            )
+        log.warning("messages outbox over its limit of %d: dropped the %d oldest event(s)/result(s)", limit, excess)
+        return excess
+
+    def pending_after(self, after_seq: int, limit: int) -> list[OutboxEntry]:
+        """Findings waiting to be sent with ``seq`` above ``after_seq``, in sequence order (a sender's cursor)."""
+        with self.transaction() as db:
+            rows = db.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, max(0, limit)),
+            ).fetchall()
+        return [_outbox(row) for row in rows]
+
+    def pending_messages(self, after_seq: int = -1, limit: int = 100) -> list[MessageEntry]:
+        """Events and command results waiting to be sent with ``seq`` above ``after_seq``, oldest first."""
+        with self.transaction() as db:
+            rows = db.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM message_outbox WHERE state = 'pending' AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (after_seq, max(0, limit)),
+            ).fetchall()
+        return [_message_entry(row) for row in rows]
+
+    def mark_sent_batch(self, finding_ids: Iterable[str] = (), message_ids: Iterable[str] = ()) -> int:
+        """:meth:`mark_sent` for findings and other messages together, in one transaction (one per PUBACK batch).
+
+        Only pending ones change (an id acknowledged meanwhile stays acknowledged).
+
+        Returns:
+            How many changed.
+        """
+        now = self.now()
+        with self.transaction() as db:
+            changed = db.executemany(
+                "UPDATE outbox SET state = 'sent', sent_at = ? WHERE finding_id = ? AND state = 'pending'",
+                ((now, finding_id) for finding_id in finding_ids),
+            ).rowcount
+            changed += db.executemany(
+                "UPDATE message_outbox SET state = 'sent', sent_at = ? WHERE message_id = ? AND state = 'pending'",
+                ((now, message_id) for message_id in message_ids),
+            ).rowcount
+        return changed
+
+    def mark_acked_batch(self, ids: Iterable[str]) -> tuple[int, int]:
+        """The ids a dashboard Ack names, findings and other messages mixed, in one transaction.
+
+        Findings become ``acked`` and an instance whose findings are all
+        acknowledged becomes ``reported`` (as :meth:`mark_acked`); events and
+        command results are deleted. Unknown and repeated ids are ignored
+        (acks repeat).
+
+        Returns:
+            How many findings and how many other messages were acknowledged.
+        """
+        wanted = json.dumps(list(dict.fromkeys(ids)))
+        now = self.now()
+        with self.transaction() as db:
+            sops = [
+                row[0]
+                for row in db.execute(
+                    "SELECT DISTINCT sop_instance_uid FROM outbox WHERE finding_id IN (SELECT value FROM json_each(?))"
+                    " AND state != 'acked' AND sop_instance_uid IS NOT NULL",
+                    (wanted,),
+                )
+            ]
+            findings = db.execute(
+                "UPDATE outbox SET state = 'acked', acked_at = ? WHERE finding_id IN (SELECT value FROM json_each(?))"
+                " AND state != 'acked'",
+                (now, wanted),
+            ).rowcount
+            messages = db.execute(
+                "DELETE FROM message_outbox WHERE message_id IN (SELECT value FROM json_each(?))", (wanted,)
+            ).rowcount
+            db.executemany(
+                "UPDATE instances SET state = 'reported', updated_at = ? WHERE sop_instance_uid = ?"
+                " AND state = 'analysed' AND NOT EXISTS"
+                " (SELECT 1 FROM outbox WHERE sop_instance_uid = ? AND state != 'acked')",
+                ((now, sop, sop) for sop in sops),
+            )
+        return findings, messages
+
+    def requeue_unacknowledged(self, older_than_s: float = 0.0, *, limit: int | None = None) -> int:
+        """Messages published ``older_than_s`` ago or more and not acknowledged go back to pending.
+
+        ``0`` puts back every one: after a reconnect or a restart, since a
+        broker killed meanwhile lost what it had only in memory. ``limit``
+        puts back only the oldest few of each (a probe while the dashboard
+        does not answer, rather than the whole backlog again).
+
+        Returns:
+            How many went back.
+        """
+        cutoff = self.now() - older_than_s
+        count = 0
+        with self.transaction() as db:
+            for table in ("outbox", "message_outbox"):
+                args: tuple[float, ...]
+                if limit is None:
+                    where, args = "state = 'sent' AND sent_at <= ?", (cutoff,)
+                else:
+                    where = (
+                        f"seq IN (SELECT seq FROM {table} WHERE state = 'sent' AND sent_at <= ? ORDER BY seq LIMIT ?)"
+                    )
+                    args = (cutoff, max(0, limit))
+                count += db.execute(
+                    f"UPDATE {table} SET state = 'pending', sent_at = NULL WHERE {where}", args
+                ).rowcount
+        return count
+
+    def outbox_depth(self) -> OutboxDepth:
+        """Unacknowledged findings (pending, sent) and other messages, and the count of messages dropped so far."""
+        with self.transaction() as db:
+            states = dict(
+                db.execute(
+                    "SELECT state, count(*) FROM outbox WHERE state IN ('pending', 'sent') GROUP BY state"
+                ).fetchall()
+            )
+            messages = int(db.execute("SELECT count(*) FROM message_outbox").fetchone()[0])
+            dropped = db.execute("SELECT value FROM meta WHERE key = 'messages_dropped'").fetchone()
+        return OutboxDepth(
+            findings_pending=int(states.get("pending", 0)),
+            findings_sent=int(states.get("sent", 0)),
+            messages=messages,
+            messages_dropped=int(dropped[0]) if dropped else 0,
+        )
+
+    def outbox_full(self, limit: int) -> bool:
+        """Whether unacknowledged findings reached ``limit``: the appliance then refuses new instances upstream.
+
+        Findings already made are never dropped; the bound is kept by not
+        taking in more work while the dashboard cannot keep up or is away.
+        """
+        return self.outbox_depth().findings >= limit
+
 
 _INSTANCE_COLUMNS = (
     "sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid, spool_path, transfer_syntax, size,"
     " calling_ae, association_id, state, reason, attempts, worker, lease_until, received_at, updated_at, info"
 )
 _OUTBOX_COLUMNS = "finding_id, seq, payload, state, created, sop_instance_uid, series_instance_uid, sent_at, acked_at"
+_MESSAGE_COLUMNS = "message_id, kind, seq, payload, state, created, sent_at"
 
 
 def _instance(row: tuple[Any, ...]) -> InstanceRecord:
@@ -984,4 +1206,16 @@ def _outbox(row: tuple[Any, ...]) -> OutboxEntry:
         series_instance_uid=row[6],
         sent_at=row[7],
         acked_at=row[8],
+    )
+
+
+def _message_entry(row: tuple[Any, ...]) -> MessageEntry:
+    return MessageEntry(
+        message_id=row[0],
+        kind=row[1],
+        seq=row[2],
+        payload=row[3].encode(),
+        state=OutboxState(row[4]),
+        created=row[5],
+        sent_at=row[6],
     )

@@ -65,7 +65,13 @@ class DicomSection(_Section):
 
 
 class MqttSection(_Section):
-    """The broker connection."""
+    """The broker connection and how the reporter uses it.
+
+    The defaults suit a hospital network where the broker or the dashboard
+    may be away for hours: a persistent session the broker keeps for a week,
+    findings kept on disk until the dashboard acknowledges them, and
+    reconnects that back off to a minute.
+    """
 
     host: str = "127.0.0.1"
     port: int = Field(default=8883, ge=1, le=65535)
@@ -75,10 +81,59 @@ class MqttSection(_Section):
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+    client_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="stable MQTT client id (the broker keys the session on it); default medge-{site}-{device}",
+    )
+    session_expiry_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=0,
+        le=0xFFFFFFFF,
+        description="how long the broker keeps the session (subscriptions, queued acks and commands) while away",
+    )
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=300, description="TCP/TLS connect and CONNACK wait")
+    reconnect_min_s: float = Field(default=1.0, gt=0, description="first reconnect delay; doubles per failure")
+    reconnect_max_s: float = Field(default=60.0, gt=0, description="cap of the reconnect delay (before jitter)")
+    max_inflight: int = Field(
+        default=100,
+        ge=1,
+        le=65535,
+        description="messages published and not yet PUBACKed; capped by the broker's Receive Maximum",
+    )
+    resend_after_s: float = Field(
+        default=120.0, gt=0, description="re-send a message the dashboard has not acknowledged after this"
+    )
+    outbox_limit: int = Field(
+        default=100_000,
+        ge=1,
+        description="unacknowledged findings at which new instances are refused upstream (findings are never dropped)",
+    )
+    events_limit: int = Field(
+        default=10_000,
+        ge=1,
+        description="unacknowledged events and command results kept; beyond it the oldest are dropped and counted",
+    )
+    heartbeat_interval_s: float = Field(default=30.0, ge=1, le=3600, description="QoS 0 heartbeat period")
+    keep_acked_s: float = Field(
+        default=3600.0, ge=0, description="acknowledged findings stay in the outbox this long (for inspection)"
+    )
 
     @property
     def uses_tls(self) -> bool:
         return self.ca_file is not None
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttSection:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError(
+                f"mqtt.reconnect_min_s ({self.reconnect_min_s}) exceeds reconnect_max_s ({self.reconnect_max_s})"
+            )
+        if (self.cert_file is not None or self.key_file is not None) and self.ca_file is None:
+            raise ValueError("mqtt.cert_file/key_file need mqtt.ca_file (a client certificate only makes sense on TLS)")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("mqtt.key_file is set but mqtt.cert_file is not")
+        return self
 
 
 class PackagesSection(_Section):

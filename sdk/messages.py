@@ -186,7 +186,7 @@ class Status(_Message):
 
 
 class Ack(_Message):
-    """Dashboard → device: ids of findings committed to the store."""
+    """Dashboard → device: ids of findings, events and command results committed to the store (duplicates too)."""
 
     schema_: Literal["medge.ack/1"] = Field("medge.ack/1", alias="schema")
     ids: list[str] = Field(min_length=1)
