@@ -58,12 +58,14 @@ from runtime.ingest.scp import StorageSCP
 from runtime.metrics import RuntimeMetrics
 from runtime.packages import EventSink, LivePackage, PackageSet
 from runtime.postprocess import series_result
+from runtime.reporting import Reporter
+from runtime.sd_notify import ProgressMonitor
 from runtime.series import SeriesInstance, SeriesTracker
-from runtime.spool import IngestSource, Spool, StoredInstance
+from runtime.spool import IngestSource, Spool, SpoolFullError, StoredInstance
 from runtime.work_queue import AddResult, InstanceRecord, InstanceState, SeriesClaim, WorkQueue
 from sdk.appliance_config import ApplianceConfig
 from sdk.errors import DicomInputError, EngineError, MedgeError, PreprocessingError
-from sdk.messages import EngineHealth, Finding, Heartbeat
+from sdk.messages import Command, EngineHealth, Finding, Heartbeat, PackageRef
 from sdk.routing import Router, RoutingSubject, build_router
 from sdk.trust import TrustStore
 
@@ -110,6 +112,8 @@ class Appliance:
         queue_size: the bounded hand-off between decoding and inference.
         limits: what an instance may declare before it is refused.
         on_event: receives the service's events (logged and contained if it raises).
+        report: run the MQTT reporter (``[mqtt]``): findings, events, heartbeats and status to
+            the dashboard, commands back. Off for embedders that read the outbox themselves.
 
     Raises:
         MedgeError: a config, profile or key problem at :meth:`start`.
@@ -126,6 +130,7 @@ class Appliance:
         queue_size: int = 8,
         limits: DecodeLimits | None = None,
         on_event: EventSink | None = None,
+        report: bool = True,
     ) -> None:
         self.config = config
         self.profile = profile or self._profile(config)
@@ -144,6 +149,11 @@ class Appliance:
         self._busy: dict[str, tuple[str, float, int]] = {}  # role → (SOP Instance UID, since, generation)
         self._abandoned: list[threading.Thread] = []
         self.series: SeriesTracker | None = None
+        self.reporter: Reporter | None = None
+        self._report = report
+        # Held while an engine runs and while packages are swapped (activate-package): no run on a closed engine.
+        self._packages_lock = threading.RLock()
+        self.progress = ProgressMonitor()  # the supervisor beats; a hang that keeps threads "alive" is still seen
         self._latencies: deque[float] = deque(maxlen=1000)
         self._drift_by_scanner: Counter[str] = Counter()
         self._started_at = time.monotonic()
@@ -169,6 +179,8 @@ class Appliance:
                 self._user_sink(kind, severity, message, dict(detail or {}))
             except Exception:  # a notification handler must not take the service down
                 log.exception("event handler failed for %s", kind)
+        if self.reporter is not None:
+            self.reporter.event(kind, severity, message, dict(detail or {}))  # durable; never raises
 
     def _on_ingest_event(self, event: IngestEvent) -> None:
         if "quarantin" in event.kind.value:
@@ -205,6 +217,21 @@ class Appliance:
                 unreleased_timeout_s=self.config.dicom.unreleased_timeout_s,
             )
         log.info("resumed: %s", resumed)
+        if self._report:
+            self.reporter = Reporter(
+                self.config,
+                self.queue,
+                heartbeat=self.heartbeat,
+                status_packages=self.package_refs,
+                commands={
+                    "report-config": self._report_config,
+                    "activate-package": self._activate_package,
+                    "selftest": self._selftest,
+                },
+                on_event=self._emit,
+            )
+            self.reporter.start()
+        self.progress.expect("supervisor", within_s=5.0)
         roles = ["decode", "infer", "watchdog"] + (["series"] if self.series is not None else [])
         for role in roles:
             self._spawn(role)
@@ -222,7 +249,7 @@ class Appliance:
                 self.config.dicom.watch_dir, self.spool, self._on_stored, on_event=self._on_ingest_event
             )
             self.watcher.start()
-        self.health = HealthServer(self.metrics.registry, self._liveness, self._readiness, port=self._health_port)
+        self.health = HealthServer(self.metrics.registry, self.alive, self._readiness, port=self._health_port)
         self.health.start()
 
     def stop(self) -> None:
@@ -237,6 +264,8 @@ class Appliance:
             thread.join(timeout=30)
         if self.health is not None:
             self.health.stop()
+        if self.reporter is not None:
+            self.reporter.stop()  # after the workers: their last findings are in the outbox; unacked ones stay
         self.packages.close()
         self.queue.close()
 
@@ -320,15 +349,25 @@ class Appliance:
 
         Raises:
             DicomInputError: not a DICOM file, or its identifying UIDs are missing or invalid.
-            SpoolFullError: the spool's quota has no room (back-pressure: try again later).
+            SpoolFullError: the spool's quota has no room, or the outbox is at its bound (back-pressure: try
+                again later).
             SpoolError: the spool could not write it.
         """
+        refusal = self._admit()
+        if refusal is not None:
+            raise SpoolFullError(refusal)
         raw = Path(data).read_bytes() if isinstance(data, str | Path) else bytes(data)
         if len(raw) > self.limits.max_bytes:
             raise DicomInputError(f"{len(raw)} bytes exceed the limit of {self.limits.max_bytes}")
         stored = store_part10(self.spool, raw, source=IngestSource.API, max_bytes=self.limits.max_bytes)
         self._on_stored(stored)
         return stored.sop_instance_uid
+
+    def _admit(self) -> str | None:
+        """Why new instances must be refused now (the outbox is at its bound: findings are never dropped), or None."""
+        if self.reporter is not None and self.reporter.backpressure:
+            return "the outbox is full: the dashboard has not acknowledged findings for a while"
+        return None
 
     def _on_stored(self, stored: StoredInstance) -> None:
         # Not fsync'd: the spool file is, and _reconcile() re-queues what a crash lost from this commit.
@@ -430,14 +469,15 @@ class Appliance:
         ds = job.ds
         findings = []
         for name, prepared in job.prepared.items():
-            package = self.packages.live.get(name)
-            if package is None:
-                continue
-            try:
-                analyses: list[Analysis] = package.analyzer.finish(ds, prepared)
-            except EngineError as exc:
-                self._emit("analysis-failed", "error", f"{name}: {exc}", {"sop": job.record.sop_instance_uid})
-                raise
+            with self._packages_lock:
+                package = self.packages.live.get(name)
+                if package is None:
+                    continue
+                try:
+                    analyses: list[Analysis] = package.analyzer.finish(ds, prepared)
+                except EngineError as exc:
+                    self._emit("analysis-failed", "error", f"{name}: {exc}", {"sop": job.record.sop_instance_uid})
+                    raise
             findings += self._findings(ds, analyses, package, job.stage_ms)
         self.queue.record_findings(job.record.sop_instance_uid, findings)
         # The finding is what must survive; the image has served its purpose once findings are durable
@@ -450,6 +490,7 @@ class Appliance:
     def _watchdog_loop(self, generation: int) -> None:
         timeout = self.config.dicom.instance_timeout_s
         while not self._stop.wait(min(0.25, timeout / 4)):
+            self.progress.beat("supervisor")
             now = time.monotonic()
             for role, (sop, since, worker_generation) in list(self._busy.items()):
                 if now - since <= timeout or not self._current(role, worker_generation):
@@ -483,6 +524,10 @@ class Appliance:
 
     def _analyse_series(self, claim: SeriesClaim) -> None:
         """One finding per package the complete series is routed to, from its slices in order."""
+        with self._packages_lock:
+            self._analyse_series_locked(claim)
+
+    def _analyse_series_locked(self, claim: SeriesClaim) -> None:
         assert self.series is not None and self.router is not None
         uid = claim.series_instance_uid
         info = self.series.get(uid)
@@ -575,6 +620,13 @@ class Appliance:
             problems.append(f"{len(stuck)} worker threads are stuck: {', '.join(stuck)}")
         return problems
 
+    def alive(self) -> list[str]:
+        """Why the service is not alive (dead or stuck threads, a supervisor that stopped beating); empty if it is.
+
+        systemd's watchdog is pinged only while this is empty (``medge serve``).
+        """
+        return self._liveness() + self.progress.problems()
+
     def _readiness(self) -> list[str]:
         problems = self._liveness()
         if not self.packages.live:
@@ -594,7 +646,9 @@ class Appliance:
         self.metrics.spool_bytes.set(self.spool.used_bytes())
         latencies = sorted(self._latencies)
         engines = []
-        for package in self.packages.live.values():
+        with self._packages_lock:
+            live = list(self.packages.live.values())
+        for package in live:
             placement = package.placement
             self.metrics.engine_degraded.labels(package=package.name).set(int(placement.degraded))
             engines.append(
@@ -624,6 +678,52 @@ class Appliance:
             drift=dict(self._drift_by_scanner),
         )
 
-    def package_refs(self) -> list[object]:
+    def package_refs(self) -> list[PackageRef]:
         """The live packages as status messages name them."""
-        return [package_ref(p.manifest, p.sha256) for p in self.packages.live.values()]
+        with self._packages_lock:
+            return [package_ref(p.manifest, p.sha256) for p in self.packages.live.values()]
+
+    # -- commands from the dashboard -----------------------------------------------------------------------------------
+
+    def reload_packages(self) -> list[PackageRef]:
+        """Verify and accept the packages folder again (a package was installed or removed); returns the live ones.
+
+        Engines are swapped while no inference runs; instances decoded for a
+        package that is gone are analysed by what is live now (or not at all).
+        """
+        with self._packages_lock:
+            self.packages.load()
+        if self.reporter is not None:
+            self.reporter.announce()
+        return self.package_refs()
+
+    def _report_config(self, command: Command) -> dict[str, object]:
+        """The running config (secrets are file paths, never their content) and the profile."""
+        return {
+            "config": self.config.model_dump(mode="json"),
+            "profile": self.profile.id,
+            "packages": [ref.model_dump(mode="json") for ref in self.package_refs()],
+        }
+
+    def _activate_package(self, command: Command) -> dict[str, object]:
+        """Bring the packages folder live again; with ``args.name``/``args.version``, check that one went live."""
+        live = self.reload_packages()
+        wanted, version = command.args.get("name"), command.args.get("version")
+        if wanted is not None and not any(
+            ref.name == wanted and (version is None or ref.version == version) for ref in live
+        ):
+            refused = [f"{r.path.name}: {r.reason}" for r in self.packages.refused]
+            raise EngineError(f"{wanted} {version or ''} did not go live; refused: {'; '.join(refused) or 'none'}")
+        return {"live": [ref.model_dump(mode="json") for ref in live]}
+
+    def _selftest(self, command: Command) -> dict[str, object]:
+        """The appliance's readiness checks and the golden samples of every live package, run now."""
+        problems = self._readiness()
+        golden = {}
+        with self._packages_lock:
+            for package in self.packages.live.values():
+                report = package.analyzer.check_golden()
+                golden[package.name] = {"passed": report.passed, "total": report.total, "worst": report.worst_delta}
+                if not report.ok:
+                    problems.append(f"{package.name}: golden samples {report.passed}/{report.total}")
+        return {"ok": not problems, "problems": problems, "golden": golden}

@@ -4,13 +4,22 @@ Absolute times on shared machines are noise; ratios measured side by side
 hold. So both models are timed in alternating rounds in one process (the
 same thermal and load conditions for each), and each one's peak memory is
 measured alone in a fresh process (``ru_maxrss`` of a spawned child).
+
+A package's cold start (imports, verify, engine load and warm-up, golden
+samples: what the appliance does before a package goes live) is measured in
+a fresh interpreter too, so that imports are counted as a real start pays
+them (:func:`package_cold_start`), next to a bare ONNX Runtime session on the
+same engine file (:func:`bare_session_cold_start`).
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +29,16 @@ import numpy as np
 
 from runtime.engines import Engine, load_engine
 
-__all__ = ["BenchFigures", "ModelUnderTest", "bench_side_by_side", "load_package_engine", "peak_rss_mb"]
+__all__ = [
+    "BenchFigures",
+    "ColdStart",
+    "ModelUnderTest",
+    "bare_session_cold_start",
+    "bench_side_by_side",
+    "load_package_engine",
+    "package_cold_start",
+    "peak_rss_mb",
+]
 
 
 @dataclass(frozen=True)
@@ -134,3 +152,154 @@ def load_package_engine(
 
     package = verify_package(path, TrustStore.load(trusted_dir))
     return load_engine(package, preferences, threads=threads), package.manifest.inputs[0].name
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """A fresh process that got a model ready to serve: how long each part took and the memory it held.
+
+    Attributes:
+        imports_s: importing what the start needs (measured inside the child, after the interpreter started).
+        ready_s: everything after the imports until the model has answered (verify, load, warm-up, golden).
+        stages_s: ``ready_s`` by stage, where the child can tell.
+        process_s: the whole child from the parent's clock (interpreter start and exit included).
+        peak_rss_mb: the child's peak resident memory (``VmHWM``).
+        rss_mb: its resident memory once the model is ready (``VmRSS``).
+    """
+
+    imports_s: float
+    ready_s: float
+    stages_s: dict[str, float]
+    process_s: float
+    peak_rss_mb: float
+    rss_mb: float
+
+    @property
+    def total_s(self) -> float:
+        """Imports plus getting ready: what a service start pays before it can take a study."""
+        return self.imports_s + self.ready_s
+
+
+# The children print one JSON line. They import only what they measure; the clock starts before the first import.
+_MEMORY_PROBE = """
+def _memory():
+    status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+    kb = lambda key: float(status[key].split()[0]) if key in status else float("nan")
+    return kb("VmHWM") / 1024, kb("VmRSS") / 1024
+"""
+
+_PACKAGE_CHILD = (
+    """
+import time
+_t0 = time.perf_counter()
+import json, sys
+from pathlib import Path
+from device_profiles import get_profile
+from runtime import packages as _packages
+from runtime.analyzer import Analyzer
+from sdk.trust import TrustStore
+_t1 = time.perf_counter()
+"""
+    + _MEMORY_PROBE
+    + """
+args = json.loads(sys.argv[1])
+stages = {}
+def _timed(name, func):
+    def wrapper(*a, **k):
+        t = time.perf_counter()
+        try:
+            return func(*a, **k)
+        finally:
+            stages[name] = stages.get(name, 0.0) + time.perf_counter() - t
+    return wrapper
+# Time the stages of the real PackageSet.load by wrapping the two calls it makes besides the engine load.
+_packages.verify_package = _timed("verify", _packages.verify_package)
+Analyzer.check_golden = _timed("golden samples", Analyzer.check_golden)
+package_set = _packages.PackageSet(
+    Path(args["folder"]), TrustStore.load(args["trusted_dir"]), get_profile(args["profile"])
+)
+package_set.load()
+_t2 = time.perf_counter()
+stages["engine load and warm-up"] = (_t2 - _t1) - sum(stages.values())
+peak, rss = _memory()
+refused = [r.reason for r in package_set.refused]
+print(json.dumps({"imports_s": _t1 - _t0, "ready_s": _t2 - _t1, "stages_s": stages, "peak_rss_mb": peak,
+                  "rss_mb": rss, "live": len(package_set.live), "refused": refused}))
+"""
+)
+
+_BARE_SESSION_CHILD = (
+    """
+import time
+_t0 = time.perf_counter()
+import json, sys
+import numpy as np
+import onnxruntime as ort
+_t1 = time.perf_counter()
+"""
+    + _MEMORY_PROBE
+    + """
+args = json.loads(sys.argv[1])
+session = ort.InferenceSession(args["model"], providers=["CPUExecutionProvider"])
+_t2 = time.perf_counter()
+feed = {}
+for item in session.get_inputs():
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in item.shape]
+    feed[item.name] = np.zeros(shape, dtype=np.float32)
+session.run(None, feed)
+_t3 = time.perf_counter()
+peak, rss = _memory()
+print(json.dumps({"imports_s": _t1 - _t0, "ready_s": _t3 - _t1,
+                  "stages_s": {"session": _t2 - _t1, "first run": _t3 - _t2},
+                  "peak_rss_mb": peak, "rss_mb": rss, "live": 1, "refused": []}))
+"""
+)
+
+
+def _run_child(code: str, args: dict[str, str], timeout_s: float) -> ColdStart:
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    process_s = time.perf_counter() - started
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"cold-start child failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    result = json.loads(lines[-1])
+    if result["live"] != 1:
+        raise RuntimeError(f"the package did not go live in the cold-start child: {result['refused']}")
+    return ColdStart(
+        imports_s=result["imports_s"],
+        ready_s=result["ready_s"],
+        stages_s=result["stages_s"],
+        process_s=process_s,
+        peak_rss_mb=result["peak_rss_mb"],
+        rss_mb=result["rss_mb"],
+    )
+
+
+def package_cold_start(folder: Path, trusted_dir: Path, profile_id: str, *, timeout_s: float = 300.0) -> ColdStart:
+    """Start a fresh interpreter that brings the packages in ``folder`` live as the appliance does.
+
+    It runs :meth:`runtime.packages.PackageSet.load` (verify, engine load and
+    warm-up, golden samples) and times the verify and golden-sample stages
+    inside it. ``folder`` should hold one package.
+
+    Raises:
+        RuntimeError: the child failed or the package did not go live.
+    """
+    args = {"folder": str(folder), "trusted_dir": str(trusted_dir), "profile": profile_id}
+    return _run_child(_PACKAGE_CHILD, args, timeout_s)
+
+
+def bare_session_cold_start(model: Path, *, timeout_s: float = 300.0) -> ColdStart:
+    """Start a fresh interpreter that imports ONNX Runtime, opens ``model`` and runs it once on zeros (the floor).
+
+    Raises:
+        RuntimeError: the child failed.
+    """
+    return _run_child(_BARE_SESSION_CHILD, {"model": str(model)}, timeout_s)

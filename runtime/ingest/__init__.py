@@ -18,10 +18,11 @@ from __future__ import annotations
 from runtime.ingest.events import IngestEvent, IngestEventHandler, IngestEventKind
 from runtime.ingest.folder_watch import FolderWatcher
 from runtime.ingest.part10 import InstanceHeader, InstanceIdentity, file_meta_bytes, read_header
-from runtime.ingest.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, StorageSCP, StoreStatus
+from runtime.ingest.scp import MAX_PDU_BYTES, STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, StorageSCP, StoreStatus
 from runtime.ingest.sockets import nodelay_evt_handlers, set_tcp_nodelay
 
 __all__ = [
+    "MAX_PDU_BYTES",
     "STORAGE_SOP_CLASSES",
     "TRANSFER_SYNTAXES",
     "FolderWatcher",

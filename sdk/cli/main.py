@@ -11,6 +11,7 @@ from sdk.cli.bench import bench
 from sdk.cli.compile import compile_command
 from sdk.cli.console import MedgeTyper, console
 from sdk.cli.demo import demo
+from sdk.cli.selftest import selftest
 from sdk.cli.serve import serve
 
 app = MedgeTyper(
@@ -28,6 +29,7 @@ app.command("compile")(compile_command)
 app.command("bench")(bench)
 app.command("serve")(serve)
 app.command("demo")(demo)
+app.command("selftest")(selftest)
 
 
 def _version(value: bool) -> None:

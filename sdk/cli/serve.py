@@ -24,9 +24,11 @@ def serve(
     (senders retry what was not acknowledged), then the workers.
     """
     from runtime.appliance import Appliance
+    from runtime.sd_notify import Notifier, Watchdog
     from runtime.service_logging import configure_json_logging
     from sdk.appliance_config import load_appliance_config
 
+    notifier = Notifier.from_environment(unset=True)  # first: systemd's socket and watchdog interval
     settings = load_appliance_config(config)
     if json_logs:
         configure_json_logging(logging.INFO)
@@ -34,9 +36,15 @@ def serve(
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    notifier.status("starting: verifying packages and running their golden samples")
     appliance.start()
     assert appliance.scp is not None and appliance.health is not None
     live = ", ".join(f"{p.name} {p.manifest.model.version}" for p in appliance.packages.live.values()) or "none"
+    notifier.ready(f"serving; packages live: {live}")
+    # Pings only while the appliance's threads are alive and making progress: a hang gets it restarted.
+    watchdog = Watchdog.requested(notifier, appliance.alive)
+    if watchdog is not None:
+        watchdog.start()
     console.print(
         f"[bold]medge appliance[/] {settings.appliance.site}/{settings.appliance.device} on {appliance.profile.id}: "
         f"DICOM {settings.dicom.ae_title}@{settings.dicom.host}:{appliance.scp.port}, "
@@ -45,4 +53,8 @@ def serve(
     try:
         stop.wait()
     finally:
+        notifier.stopping("stopping: ingest first, then the workers")
+        if watchdog is not None:
+            watchdog.stop()
         appliance.stop()
+        notifier.close()

@@ -488,3 +488,29 @@ def test_status_codes_are_the_documented_ones() -> None:
         "DATASET_DOES_NOT_MATCH_SOP_CLASS": 0xA900,
         "CANNOT_UNDERSTAND": 0xC000,
     }
+
+
+@pytest.mark.parametrize("tuned", [True, False])
+def test_the_scp_serves_c_store_in_the_socket_thread_when_tuned(tmp_path: Path, tuned: bool) -> None:
+    """The ingest figures rest on this: with the installed pynetdicom, a C-STORE is served by the DUL thread."""
+    generate_studies(tmp_path / "phantom", 1, PhantomSpec(rows=64, columns=64, slices=2), seed=5)
+    files = sorted((tmp_path / "phantom").rglob("*.dcm"))
+    served_by: list[str] = []
+
+    def on_stored(stored: StoredInstance) -> None:
+        served_by.append(type(threading.current_thread()).__name__)
+
+    spool = Spool(tmp_path / "spool", 10**9)
+    section = DicomSection(ae_title="MEDGE", host="127.0.0.1", allowed_calling_aes=["PYSCU"])
+    with StorageSCP(section, spool, on_stored, port=0, tuned=tuned) as scp:
+        ae = AE(ae_title="PYSCU")
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="MEDGE", evt_handlers=nodelay_evt_handlers())
+        assert assoc.is_established
+        try:
+            statuses = [assoc.send_c_store(dcmread(path)) for path in files]
+        finally:
+            assoc.release()
+    assert [status.Status for status in statuses] == [0x0000, 0x0000]
+    assert len(list(spool.instances())) == 2
+    assert served_by == (["DULServiceProvider"] * 2 if tuned else ["Association"] * 2)

@@ -1,4 +1,4 @@
-"""Fixtures the runtime tests share: a signing key, a calibration set, FP32 reference packages."""
+"""Fixtures shared across the suite: a signing key, a calibration set, FP32 reference packages."""
 
 from __future__ import annotations
 
