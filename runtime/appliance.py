@@ -241,6 +241,7 @@ class Appliance:
             self._on_stored,
             on_event=self._on_ingest_event,
             on_association_released=self.series.association_released if self.series is not None else None,
+            admit=self._admit,
             port=self._dicom_port,
         )
         self.scp.start()

@@ -180,6 +180,8 @@ class StorageSCP:
         max_pdu_bytes: the largest PDU peers may send us (0: no limit).
         tuned: serve each association without pynetdicom's polling sleeps (see the module
             docstring); False leaves pynetdicom as it comes (for comparison).
+        admit: asked before each C-STORE; a reason (e.g. "the outbox is full") makes the SCP
+            answer 0xA700 out of resources, so the scanner keeps the instance and retries later.
 
     Events emitted: :class:`~runtime.ingest.events.IngestEventKind` ``ASSOCIATION_REJECTED``,
     ``ASSOCIATION_ABORTED``, ``OUT_OF_RESOURCES``, ``QUARANTINED``, ``STORE_FAILED``, ``HOOK_FAILED``.
@@ -198,8 +200,10 @@ class StorageSCP:
         max_inflated_bytes: int = 256 * 1024**2,
         max_pdu_bytes: int = MAX_PDU_BYTES,
         tuned: bool = True,
+        admit: Callable[[], str | None] | None = None,
     ) -> None:
         self._config = config
+        self._admit = admit
         self._spool = spool
         self._on_stored = on_stored
         self._on_event = on_event
@@ -406,6 +410,9 @@ class StorageSCP:
 
         if not self._spool.has_room(len(stream) + _META_ALLOWANCE):
             return refuse(StoreStatus.OUT_OF_RESOURCES, IngestEventKind.OUT_OF_RESOURCES, "spool quota reached")
+        refusal = self._admit() if self._admit is not None else None
+        if refusal is not None:
+            return refuse(StoreStatus.OUT_OF_RESOURCES, IngestEventKind.OUT_OF_RESOURCES, refusal)
         try:
             head = file_meta_bytes(
                 sop_class_uid=declared_class,
