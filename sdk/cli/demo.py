@@ -1,8 +1,11 @@
 """``medge demo``: the whole chain on this machine with embedded defaults.
 
 Phantom chest-CT studies → the reference model compiled (quantized where the
-profile says so), gated and signed for the detected device profile → verified → golden samples checked → every slice
-analysed → a findings table scored against the phantoms' ground truth.
+profile says so), gated and signed for the detected device profile → a local
+Mosquitto and the dashboard's ingest (SQLite) → the appliance service verifies
+the package and checks its golden samples → a simulated scanner C-STOREs every
+slice → findings go over MQTT into the dashboard's store, acknowledged end to
+end → a findings table scored against the phantoms' ground truth.
 """
 
 from __future__ import annotations
@@ -43,11 +46,15 @@ def demo(
     profile: str | None = typer.Option(None, help="Device profile id; detected from this host when omitted."),
     calib_studies: int = typer.Option(10, min=2, max=100, help="Phantom studies to calibrate the compile on."),
 ) -> None:
-    """Run the medge demo: phantoms → compiled, signed package for this host's profile → findings.
+    """Run the medge demo: phantoms → signed package for this host → appliance → MQTT → dashboard store.
 
-    [dim]Later stages (broker, appliance service, dashboard) join this same command.[/]
+    Everything runs on loopback: a local Mosquitto (anonymous, demo only), the
+    dashboard's ingest with a SQLite store, the appliance service and a
+    simulated scanner. Without --once it keeps serving until Ctrl-C.
     """
 
+    from dashboard.ingest import IngestService
+    from dashboard.settings import DashboardConfig
     from device_profiles import detect_host, get_profile, list_profiles, match_profile
     from quantization.calibration import labels_from_phantom_truth
     from quantization.compile import CompileOptions, compile_package
@@ -58,6 +65,7 @@ def demo(
     from sdk.reference_model import config_path, onnx_path
     from sdk.signing import generate_keypair, load_private_key
     from sdk.testing import PhantomSpec, generate_studies
+    from sdk.testing.mosquitto import MosquittoBroker
     from sdk.trust import TrustStore
 
     started = time.monotonic()
@@ -110,7 +118,21 @@ def demo(
         listener.close()
     console.print(compile_summary(result))
 
-    # 5. The appliance service (verify, load, golden samples), fed by a simulated scanner over C-STORE.
+    # 5. A local broker and the dashboard's ingest (its store survives between demo runs).
+    shutil.rmtree(out / "broker", ignore_errors=True)
+    broker = MosquittoBroker(out / "broker").start()
+    dashboard_settings = DashboardConfig(
+        data_dir=out / "dashboard", demo=True, mqtt={"host": "127.0.0.1", "port": broker.port, "client_id": "demo-1"}
+    )
+    ingest = IngestService(dashboard_settings)
+    ingest.start()
+    if not ingest.wait_ready(30):
+        broker.stop()
+        raise typer.BadParameter("the dashboard's ingest could not subscribe to the local broker")
+    console.print(f"[bold]broker[/]    mqtt://127.0.0.1:{broker.port} (Mosquitto, loopback, demo only)")
+    console.print(f"[bold]dashboard[/] store {dashboard_settings.store_url}")
+
+    # 6. The appliance service (verify, load, golden samples), fed by a simulated scanner over C-STORE.
     appliance_dir = out / "appliance"
     shutil.rmtree(appliance_dir, ignore_errors=True)  # a fresh appliance: the same instances would be duplicates
     (appliance_dir / "packages").mkdir(parents=True)
@@ -124,7 +146,7 @@ def demo(
             "data_dir": appliance_dir / "data",
         },
         dicom={"ae_title": "MEDGE", "host": "127.0.0.1"},
-        mqtt={"port": 1883},
+        mqtt={"host": "127.0.0.1", "port": broker.port},
         packages={"dir": appliance_dir / "packages"},
     )
     appliance = Appliance(settings, trusted=TrustStore.load(), dicom_port=0)
@@ -161,6 +183,19 @@ def demo(
                 if done >= sent:
                     break
                 time.sleep(0.05)
+            made = len(appliance.queue.findings())
+            task = progress.add_task("acknowledged by the dashboard's store", total=made)
+            while time.monotonic() < deadline:
+                progress.update(task, completed=made - appliance.queue.depth())
+                if appliance.queue.depth() == 0:
+                    break
+                time.sleep(0.05)
+        stats = ingest.stats()
+        console.print(
+            f"[bold]dashboard[/] {stats.findings_stored} new findings committed over MQTT"
+            f" ({stats.duplicates} re-sent and de-duplicated, {stats.dead_letters} dead letters);"
+            f" outbox unacknowledged: {appliance.queue.depth()}"
+        )
         results: list[_SliceResult] = []
         for entry in appliance.queue.findings():
             finding = Finding.model_validate_json(entry.payload)
@@ -180,11 +215,20 @@ def demo(
                     finding.latency_ms.get("total", 0.0),
                 )
             )
+        results.sort(key=lambda r: (r.study, r.instance))
+        _print_findings(results, config.thresholds[config.labels[0]])
+        console.print(f"[dim]demo finished in {time.monotonic() - started:.1f} s[/]")
+        if not once:
+            console.print("[bold]serving[/]   send DICOM to the appliance, watch the dashboard; Ctrl-C stops")
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                console.print("stopping")
     finally:
         appliance.stop()
-    results.sort(key=lambda r: (r.study, r.instance))
-    _print_findings(results, config.thresholds[config.labels[0]])
-    console.print(f"[dim]demo finished in {time.monotonic() - started:.1f} s[/]")
+        ingest.stop()
+        broker.stop()
 
 
 def _scanner(port: int, study_dir: Path, truths: list, on_sent: Callable[[], None]) -> int:
