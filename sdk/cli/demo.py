@@ -56,6 +56,7 @@ def demo(
     from dashboard.ingest import IngestService
     from dashboard.settings import DashboardConfig
     from device_profiles import detect_host, get_profile, list_profiles, match_profile
+    from firmware_integration.broker import BrokerFolder, add_dashboard, add_device, write_broker_config
     from quantization.calibration import labels_from_phantom_truth
     from quantization.compile import CompileOptions, compile_package
     from runtime.appliance import Appliance
@@ -65,7 +66,7 @@ def demo(
     from sdk.reference_model import config_path, onnx_path
     from sdk.signing import generate_keypair, load_private_key
     from sdk.testing import PhantomSpec, generate_studies
-    from sdk.testing.mosquitto import MosquittoBroker
+    from sdk.testing.mosquitto import MosquittoBroker, free_port
     from sdk.trust import TrustStore
 
     started = time.monotonic()
@@ -118,18 +119,44 @@ def demo(
         listener.close()
     console.print(compile_summary(result))
 
-    # 5. A local broker and the dashboard's ingest (its store survives between demo runs).
-    shutil.rmtree(out / "broker", ignore_errors=True)
-    broker = MosquittoBroker(out / "broker").start()
+    # 5. The site broker (the shipped Mosquitto config, adapted for loopback: no TLS, passwords and ACLs kept)
+    #    and the dashboard's ingest (its store survives between demo runs).
+    broker_dir = out / "broker"
+    shutil.rmtree(broker_dir, ignore_errors=True)
+    broker_settings = write_broker_config(
+        broker_dir / "site",
+        tls=None,
+        port=free_port(),
+        bind_address="127.0.0.1",
+        run_as=None,
+        pid_file=broker_dir / "mosquitto.pid",
+    )
+    device_secrets = add_device(broker_dir / "site", "demo-site", "demo-ct").write(broker_dir / "demo-ct")
+    dashboard_secrets = add_dashboard(broker_dir / "site", "demo-dashboard").write(broker_dir / "demo-dashboard")
+    broker = MosquittoBroker(
+        broker_dir / "run",
+        port=broker_settings.port,
+        extra_config=BrokerFolder(broker_dir / "site").medge_config.read_text(),
+    ).start()
     dashboard_settings = DashboardConfig(
-        data_dir=out / "dashboard", demo=True, mqtt={"host": "127.0.0.1", "port": broker.port, "client_id": "demo-1"}
+        data_dir=out / "dashboard",
+        demo=True,
+        mqtt={
+            "host": "127.0.0.1",
+            "port": broker.port,
+            "client_id": "demo-dashboard",
+            "username": "demo-dashboard",
+            "password_file": _password_file(dashboard_secrets),
+        },
     )
     ingest = IngestService(dashboard_settings)
     ingest.start()
     if not ingest.wait_ready(30):
         broker.stop()
         raise typer.BadParameter("the dashboard's ingest could not subscribe to the local broker")
-    console.print(f"[bold]broker[/]    mqtt://127.0.0.1:{broker.port} (Mosquitto, loopback, demo only)")
+    console.print(
+        f"[bold]broker[/]    mqtt://127.0.0.1:{broker.port} (the shipped config on loopback: passwords, ACLs)"
+    )
     console.print(f"[bold]dashboard[/] store {dashboard_settings.store_url}")
 
     # 6. The appliance service (verify, load, golden samples), fed by a simulated scanner over C-STORE.
@@ -146,7 +173,12 @@ def demo(
             "data_dir": appliance_dir / "data",
         },
         dicom={"ae_title": "MEDGE", "host": "127.0.0.1"},
-        mqtt={"host": "127.0.0.1", "port": broker.port},
+        mqtt={
+            "host": "127.0.0.1",
+            "port": broker.port,
+            "username": "demo-site/demo-ct",
+            "password_file": _password_file(device_secrets),
+        },
         packages={"dir": appliance_dir / "packages"},
     )
     appliance = Appliance(settings, trusted=TrustStore.load(), dicom_port=0)
@@ -229,6 +261,11 @@ def demo(
         appliance.stop()
         ingest.stop()
         broker.stop()
+
+
+def _password_file(written: list[Path]) -> Path:
+    """The password file of a credential bundle ``Credentials.write`` wrote."""
+    return next(path for path in written if path.name == "password")
 
 
 def _scanner(port: int, study_dir: Path, truths: list, on_sent: Callable[[], None]) -> int:
