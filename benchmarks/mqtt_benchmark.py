@@ -11,11 +11,16 @@ Each round, in alternating order:
 * **medge**: the appliance's work queue holds the findings in its outbox
   (filled before the clock starts, one durable transaction per analysed
   instance, as the runtime writes them); the :class:`runtime.reporting.Reporter`
-  publishes them, the dashboard's :class:`dashboard.ingest.IngestService`
-  validates, commits them to its SQLite store (WAL, ``synchronous=FULL``) and
-  acknowledges; the clock stops when the outbox holds no unacknowledged
-  finding. Then the store is checked: every finding exactly once, no
-  sequence gap.
+  publishes them, the dashboard's :class:`dashboard.ingest.IngestService` (its
+  own process, as on a real site) validates, commits them to its SQLite store
+  (WAL, ``synchronous=FULL``) and acknowledges; the clock stops when the
+  outbox holds no unacknowledged finding. Then the store is checked: every
+  finding exactly once, no sequence gap.
+
+Then the outage scenario (issue 5: >= 1,000 findings/s backlog drain): the
+broker is stopped for ``outage_s`` while the appliance keeps producing
+findings; when it is back, the clock measures how fast the backlog drains
+into the store, and the store is checked again.
 
 Run ``python -m benchmarks.mqtt_benchmark [--quick]``.
 """
@@ -25,6 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
@@ -33,6 +40,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from sqlalchemy import func, select
@@ -131,40 +139,121 @@ def bare_paho_rate(port: int, payloads: Sequence[bytes]) -> float:
         client.loop_stop()
 
 
-def medge_rate(port: int, work: Path, count: int, round_no: int) -> tuple[float, int, int]:
-    """Findings/s from the outbox into the store, acknowledged end to end; (rate, rows stored, sequence gaps)."""
-    data = work / f"round-{round_no}"
+def _run_ingest(config_json: str, ready: Any, stop: Any) -> None:
+    """The dashboard's ingest in its own process until ``stop`` is set."""
+    ingest = IngestService(DashboardConfig.model_validate_json(config_json))
+    ingest.start()
+    if ingest.wait_ready(30):
+        ready.set()
+    stop.wait()
+    ingest.stop()
+
+
+class _Dashboard:
+    """The ingest in a spawned process (a site's dashboard is not in the appliance's process)."""
+
+    def __init__(self, config: DashboardConfig) -> None:
+        create_store(config.store_url).close()  # migrate once, before the child opens it
+        context = multiprocessing.get_context("spawn")
+        self._ready, self._stop = context.Event(), context.Event()
+        self._process = context.Process(
+            target=_run_ingest, args=(config.model_dump_json(), self._ready, self._stop), daemon=True
+        )
+
+    def __enter__(self) -> _Dashboard:
+        self._process.start()
+        if not self._ready.wait(60):
+            self._process.kill()
+            raise RuntimeError("the dashboard ingest did not connect")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._process.join(30)
+        if self._process.is_alive():
+            self._process.kill()
+
+
+def _configs(port: int, data: Path, tag: str) -> tuple[ApplianceConfig, DashboardConfig]:
     appliance = ApplianceConfig(
         appliance={"site": SITE, "device": DEVICE, "demo": True, "data_dir": data / "appliance"},
-        mqtt={"host": "127.0.0.1", "port": port, "client_id": f"medge-bench-{round_no}"},
+        mqtt={
+            "host": "127.0.0.1",
+            "port": port,
+            "client_id": f"medge-bench-{tag}",
+            "reconnect_min_s": 0.2,
+            "reconnect_max_s": 1.0,
+        },
     )
     dashboard = DashboardConfig(
-        data_dir=data / "dashboard",
-        demo=True,
-        mqtt={"host": "127.0.0.1", "port": port, "client_id": f"dashboard-bench-{round_no}"},
+        data_dir=data / "dashboard", demo=True, mqtt={"host": "127.0.0.1", "port": port, "client_id": f"dash-{tag}"}
     )
     (data / "appliance").mkdir(parents=True)
-    queue = WorkQueue(data / "appliance" / "queue.sqlite")
+    return appliance, dashboard
+
+
+def _wait_drained(queue: WorkQueue, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while queue.depth() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    if queue.depth():
+        raise RuntimeError(f"{queue.depth()} findings still unacknowledged after {timeout:.0f} s")
+
+
+def medge_rate(port: int, work: Path, count: int, round_no: int) -> tuple[float, int, int]:
+    """Findings/s from the outbox into the store, acknowledged end to end; (rate, rows stored, sequence gaps)."""
+    appliance, dashboard = _configs(port, work / f"round-{round_no}", str(round_no))
+    queue = WorkQueue(appliance.appliance.data_dir / "queue.sqlite")
     fill_outbox(queue, count, f"{round_no}{uuid.uuid4().int % 10**6}")
-    store = create_store(dashboard.store_url)
-    ingest = IngestService(dashboard, store)
-    ingest.start()
-    if not ingest.wait_ready(30):
-        raise RuntimeError("the dashboard ingest did not connect")
-    reporter = Reporter(appliance, queue)
-    try:
-        start = time.perf_counter()
+    with _Dashboard(dashboard):
+        reporter = Reporter(appliance, queue)
+        try:
+            start = time.perf_counter()
+            reporter.start()
+            _wait_drained(queue)
+            elapsed = time.perf_counter() - start
+        finally:
+            reporter.stop()
+            queue.close()
+    rows, gaps = _check_store(dashboard)
+    return count / elapsed, rows, gaps
+
+
+def outage_drain(broker: MosquittoBroker, work: Path, outage_s: float, per_s: float) -> tuple[float, int, int, int]:
+    """Broker down for ``outage_s`` while findings keep coming; (drain rate, backlog, rows stored, gaps)."""
+    appliance, dashboard = _configs(broker.port, work / "outage", "outage")
+    queue = WorkQueue(appliance.appliance.data_dir / "queue.sqlite")
+    produced = 0
+    with _Dashboard(dashboard):
+        reporter = Reporter(appliance, queue)
         reporter.start()
-        deadline = time.monotonic() + 300
-        while queue.depth() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        elapsed = time.perf_counter() - start
-        if queue.depth():
-            raise RuntimeError(f"{queue.depth()} findings still unacknowledged after 300 s")
-    finally:
-        reporter.stop()
-        ingest.stop()
-        queue.close()
+        try:
+            if not reporter.wait_connected(30):
+                raise RuntimeError("the reporter did not connect")
+            time.sleep(1.0)  # its retained "online" status registers the device with the dashboard
+            broker.stop()
+            started = time.monotonic()
+            while (elapsed := time.monotonic() - started) < outage_s:
+                due = int(elapsed * per_s) - produced
+                if due > 0:
+                    fill_outbox(queue, due, f"o{produced}")
+                    produced += due
+                time.sleep(0.01)
+            backlog = queue.depth()
+            broker.start()
+            start = time.perf_counter()
+            _wait_drained(queue)
+            drain = time.perf_counter() - start
+        finally:
+            reporter.stop()
+            queue.close()
+    rows, gaps = _check_store(dashboard)
+    return backlog / drain, backlog, rows - produced, gaps
+
+
+def _check_store(dashboard: DashboardConfig) -> tuple[int, int]:
+    """Rows stored for the device and sequence gaps; raises if a finding was stored twice."""
+    store = create_store(dashboard.store_url)
     with store.session() as session:
         rows = session.scalar(select(func.count()).select_from(StoredFinding).where(StoredFinding.device == DEVICE))
         distinct = session.scalar(
@@ -174,12 +263,14 @@ def medge_rate(port: int, work: Path, count: int, round_no: int) -> tuple[float,
     store.close()
     if rows != distinct:
         raise RuntimeError(f"{rows} rows but {distinct} distinct sequence numbers: a finding was stored twice")
-    return count / elapsed, int(rows or 0), gaps
+    return int(rows or 0), gaps
 
 
-def run(count: int, rounds: int, work: Path) -> BenchmarkReport:
-    """Alternate bare and medge rounds on one broker; the figures are medians over rounds."""
-    report = BenchmarkReport(settings={"findings": count, "rounds": rounds, "window": WINDOW}, machine=machine_facts())
+def run(count: int, rounds: int, work: Path, outage_s: float, outage_rate: float) -> BenchmarkReport:
+    """Alternate bare and medge rounds on one broker (medians over rounds), then the outage scenario."""
+    settings = {"benchmark": "MQTT", "name": f"{count} findings x {rounds}", "findings": count, "rounds": rounds}
+    settings |= {"window": WINDOW, "outage_s": outage_s}
+    report = BenchmarkReport(settings=settings, machine=machine_facts())
     started = time.perf_counter()
     payloads = [_finding(f"1.2.3.{i}").to_json() for i in range(count)]
     bare: list[float] = []
@@ -199,6 +290,8 @@ def run(count: int, rounds: int, work: Path) -> BenchmarkReport:
                     lost += count - stored
                     gaps += round_gaps
                     log.info("round %d: medge %.0f/s, %d stored, %d gaps", round_no, rate, stored, round_gaps)
+        drain, backlog, extra_rows, outage_gaps = outage_drain(broker, work, outage_s, outage_rate)
+        log.info("outage: backlog %d drained at %.0f/s", backlog, drain)
     ratios = [m / b for m, b in zip(ours, bare, strict=True)]
     medge_median, bare_median = statistics.median(ours), statistics.median(bare)
     report.add(
@@ -227,7 +320,20 @@ def run(count: int, rounds: int, work: Path) -> BenchmarkReport:
             note=f"lost {lost}, gaps {gaps} over {rounds * count} findings",
         )
     )
+    report.add(
+        Figure(
+            group="MQTT",
+            name=f"backlog after a {outage_s:g} s broker outage, drain rate into the store",
+            value=round(drain, 0),
+            unit="/s",
+            budget=">= 1000/s",
+            met=drain >= 1000 and extra_rows == 0 and outage_gaps == 0,
+            note=f"backlog {backlog} findings produced during the outage; stored exactly once: "
+            f"{'yes' if extra_rows == 0 else f'no ({extra_rows:+d})'}; gaps {outage_gaps}",
+        )
+    )
     report.seconds = time.perf_counter() - started
+    report.machine["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     return report
 
 
@@ -237,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run at small sizes (budgets not meaningful)")
     parser.add_argument("--findings", type=int, help="findings per round (default 20000; quick 1000)")
     parser.add_argument("--rounds", type=int, help="rounds, alternating which side goes first (default 3; quick 1)")
+    parser.add_argument("--outage", type=float, help="broker outage in seconds (default 60; quick 5)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
     parser.add_argument("--markdown", type=Path, help="also write the figures as Markdown tables to this file")
     parser.add_argument("--strict", action="store_true", help="exit with 1 when a budget is missed")
@@ -245,8 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     count = args.findings or (1000 if args.quick else 20000)
     rounds = args.rounds or (1 if args.quick else 3)
+    outage = args.outage or (5.0 if args.quick else 60.0)
     with tempfile.TemporaryDirectory(prefix="medge-mqtt-bench-") as tmp:
-        report = run(count, rounds, Path(tmp))
+        report = run(count, rounds, Path(tmp), outage, 100.0)
     print(format_report(report))
     if args.json:
         args.json.write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")

@@ -128,10 +128,11 @@ def format_report(report: BenchmarkReport) -> str:
     """The report as plain text: one line per figure with its reference, comparison and budget."""
     machine = report.machine
     lines = [
-        f"medge compile benchmark ({report.settings['name']}) - {machine['date']}",
+        f"medge {report.settings.get('benchmark', 'compile')} benchmark ({report.settings.get('name', '')})"
+        f" - {machine['date']}",
         f"machine: {machine['cpu']}, {machine['nproc']} CPUs ({', '.join(machine['cpu_flags'])}), "
-        f"{machine['threads']} inference threads, load average {machine['load_average_start']} -> "
-        f"{machine.get('load_average_end')}",
+        + (f"{machine['threads']} inference threads, " if "threads" in machine else "")
+        + f"load average {machine['load_average_start']} -> {machine.get('load_average_end')}",
         "versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()),
         "",
     ]

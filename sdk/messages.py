@@ -195,10 +195,16 @@ class Ack(_Message):
 
 
 class Command(_Message):
-    """Dashboard → device: do something; the answer carries the same ``id`` as correlation."""
+    """Dashboard → device: do something; the answer carries the same ``id`` as correlation.
+
+    ``resend`` is the dashboard's "I am (back) here": it sends it to every
+    device it knows each time it connects, and a device re-sends at once
+    whatever the dashboard has not acknowledged (what was published while no
+    dashboard was subscribed is otherwise only re-sent by the device's timer).
+    """
 
     schema_: Literal["medge.cmd/1"] = Field("medge.cmd/1", alias="schema")
-    command: Literal["selftest", "report-config", "activate-package"]
+    command: Literal["selftest", "report-config", "activate-package", "resend"]
     args: dict[str, Any] = {}
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -37,14 +37,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from sqlalchemy import select
 
 from dashboard.ingest.classify import InboundMessage
 from dashboard.ingest.writer import BatchResult, BatchWriter, StoreUnavailable
 from dashboard.settings import DashboardConfig
 from dashboard.store.engine import Store, create_store
-from dashboard.store.models import DeadLetterReason
+from dashboard.store.models import DeadLetterReason, Device
 from sdk.errors import ConfigError
-from sdk.messages import Ack
+from sdk.messages import Ack, Command
 from sdk.topics import ROOT, TopicKind, device_filter, topic
 
 __all__ = ["IngestService", "IngestStats"]
@@ -329,6 +330,26 @@ class IngestService:
             logger.error("broker refused subscriptions under %s: %s", ROOT, ", ".join(refused))
             return
         self._subscribed.set()
+        self._ask_devices_to_resend(_client)
+
+    def _ask_devices_to_resend(self, client: mqtt.Client) -> None:
+        """Tell every known device "the dashboard is here": it re-sends what is unacknowledged.
+
+        Whatever a device published while no dashboard process was subscribed
+        (a broker restart races the reconnects) never reached a shared
+        subscription; without this it would wait for the device's resend timer.
+        """
+        try:
+            with self.store.session() as session:
+                devices = session.execute(select(Device.site, Device.device)).all()
+        except Exception:  # the store is retried by the batch loop; a missed resend falls back to the timer
+            logger.exception("could not list devices to ask for a re-send")
+            return
+        for site, device in devices:
+            command = Command(site=site, device=device, command="resend")
+            client.publish(topic(site, device, TopicKind.CMD), command.to_json(), qos=1)
+        if devices:
+            logger.info("asked %d device(s) to re-send what is unacknowledged", len(devices))
 
     def _on_disconnect(
         self,

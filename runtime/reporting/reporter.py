@@ -48,7 +48,7 @@ from runtime.reporting.commands import CommandHandler, CommandRunner
 from runtime.reporting.connection import BrokerConnectionError, Connector, loop_once
 from runtime.work_queue import OutboxDepth, WorkQueue
 from sdk.appliance_config import ApplianceConfig
-from sdk.messages import Ack, CommandResult, Event, Heartbeat, MessageError, PackageRef, Status, parse_message
+from sdk.messages import Ack, Command, CommandResult, Event, Heartbeat, MessageError, PackageRef, Status, parse_message
 from sdk.topics import TopicKind, topic
 
 __all__ = ["EventSink", "Reporter", "ReporterStats", "Severity"]
@@ -172,7 +172,9 @@ class Reporter:
         self._on_event = on_event
         self._backoff = backoff or Backoff(self.section.reconnect_min_s, self.section.reconnect_max_s)
         self._connector = Connector(self.section, self.client_id)
-        self._commands = CommandRunner(self.site, self.device, commands or {}, self._store_result, self._bad_input)
+        self._resend_requested = threading.Event()
+        handlers = {**(commands or {}), "resend": self._on_resend_command}
+        self._commands = CommandRunner(self.site, self.device, handlers, self._store_result, self._bad_input)
 
         def at(kind: TopicKind) -> str:
             return topic(self.site, self.device, kind)
@@ -657,11 +659,22 @@ class Reporter:
 
     # -- timers -------------------------------------------------------------------------------------------------------
 
+    def _on_resend_command(self, command: Command) -> dict[str, Any]:
+        """The dashboard (re)connected: what it has not acknowledged goes again now (on the reporter's thread)."""
+        self._resend_requested.set()
+        depth = self._depth
+        return {"unacknowledged_findings": depth.findings if depth is not None else None}
+
     def _housekeeping(self, now: float) -> None:
         if now >= self._next_check:
             self._next_check = now + _CHECK_EVERY_S
             self._check_bound()
         link = self._link
+        if link is not None and link.announced and self._resend_requested.is_set():
+            self._resend_requested.clear()
+            self._acked_since_resend = True  # the dashboard is there: everything, not a probe
+            requeued, _ = self._resend(link, 0.0)
+            log.info("the dashboard asked for a re-send: %d unacknowledged message(s) go again", requeued)
         if link is not None and link.announced and now >= self._next_resend:
             self._next_resend = now + max(0.1, min(5.0, self.section.resend_after_s / 4))
             self._resend_overdue(link)

@@ -66,6 +66,7 @@ class MosquittoBroker:
             "log_type warning",
             "log_type notice",
             "max_queued_messages 0",
+            "max_inflight_messages 100",  # as the shipped config (firmware_integration.broker): the Receive Maximum
         ]
         if "listener" not in extra_config:
             lines += [f"listener {self.port} 127.0.0.1", "allow_anonymous true"]
