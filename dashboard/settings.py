@@ -16,12 +16,25 @@ A minimal file::
     username = "dashboard"
     password_file = "/etc/medge/dashboard.password"
     ca_file = "/etc/medge/ca.pem"
+
+    [web]
+    host = "0.0.0.0"
+    tls_cert_file = "/etc/medge/dashboard.crt"
+    tls_key_file = "/etc/medge/dashboard.key"
+    display_timezone = "Europe/Berlin"
+
+The web server listens on loopback by default; any other address needs TLS
+(``web.tls_cert_file``/``web.tls_key_file``) or a TLS-terminating proxy in front
+(``web.behind_https_proxy``), because session cookies must not cross the
+hospital network in clear text.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -30,7 +43,7 @@ from sqlalchemy.exc import ArgumentError
 
 from sdk.config_files import config_error_from_validation, read_toml
 
-__all__ = ["DashboardConfig", "MqttSection", "StoreSection", "load_dashboard_config"]
+__all__ = ["DashboardConfig", "FleetSection", "MqttSection", "StoreSection", "WebSection", "load_dashboard_config"]
 
 _SEGMENT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _DATABASES = ("sqlite", "postgresql")
@@ -117,6 +130,87 @@ class MqttSection(_Section):
         return self
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebSection(_Section):
+    """The web UI and REST API: where it listens, sessions, login throttling, display."""
+
+    host: str = Field(default="127.0.0.1", min_length=1, description="address the web server binds")
+    port: int = Field(default=8080, ge=0, le=65535, description="0: any free port (tests)")
+    tls_cert_file: Path | None = Field(default=None, description="serve HTTPS with this certificate (PEM)")
+    tls_key_file: Path | None = Field(default=None, description="the certificate's private key (PEM)")
+    behind_https_proxy: bool = Field(
+        default=False, description="a TLS-terminating reverse proxy is in front: cookies are marked Secure"
+    )
+    trusted_proxies: list[str] = Field(
+        default=[], description="proxy addresses whose X-Forwarded-For/-Proto are believed (client IP in the audit)"
+    )
+    session_idle_minutes: int = Field(default=60, ge=1, le=24 * 60, description="a session unused this long ends")
+    session_max_hours: float = Field(default=12.0, gt=0, le=24 * 7, description="a session ends this long after login")
+    login_max_failures: int = Field(
+        default=5, ge=1, le=100, description="failed logins per user or client address before a lockout"
+    )
+    login_window_s: float = Field(default=900.0, gt=0, description="failures older than this are forgotten")
+    login_lockout_s: float = Field(
+        default=60.0, gt=0, le=86_400, description="first lockout; it doubles with each further failure (max 1 h)"
+    )
+    display_timezone: str = Field(default="UTC", description="IANA time zone the pages show times in")
+    show_accession_number: bool = Field(
+        default=True, description="show a finding's accession number when the appliance's PHI policy sent one"
+    )
+    page_size: int = Field(default=50, ge=5, le=500, description="findings per worklist page")
+    live_poll_ms: float = Field(
+        default=200.0, ge=20, le=5000, description="how often the live feed looks for new findings in the store"
+    )
+
+    @field_validator("display_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/Berlin)") from exc
+        return value
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+    @property
+    def is_loopback(self) -> bool:
+        """True when only this machine can reach the server."""
+        return _is_loopback(self.host)
+
+    @model_validator(mode="after")
+    def _cert_needs_key(self) -> WebSection:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("web.tls_cert_file and web.tls_key_file go together")
+        return self
+
+
+class FleetSection(_Section):
+    """How the appliances report, so the dashboard knows when one has gone quiet."""
+
+    keepalive_s: int = Field(
+        default=30, ge=5, le=3600, description="the appliances' MQTT keep-alive (their reporting.keepalive_s)"
+    )
+    heartbeat_interval_s: float = Field(
+        default=30.0, ge=1, le=3600, description="the appliances' heartbeat period (their heartbeat_interval_s)"
+    )
+
+    @property
+    def silent_after_s(self) -> float:
+        """An appliance not heard from for this long is shown offline (the broker's will takes as long)."""
+        return 1.5 * max(self.keepalive_s, self.heartbeat_interval_s)
+
+
 class DashboardConfig(BaseSettings):
     """The whole dashboard config; see the module docstring for overrides."""
 
@@ -126,6 +220,8 @@ class DashboardConfig(BaseSettings):
     demo: bool = Field(default=False, description="allow settings only fit for a demo on loopback")
     store: StoreSection = StoreSection()
     mqtt: MqttSection = MqttSection()
+    web: WebSection = WebSection()
+    fleet: FleetSection = FleetSection()
 
     @classmethod
     def settings_customise_sources(
@@ -154,6 +250,12 @@ class DashboardConfig(BaseSettings):
             raise ValueError("mqtt needs a username/password_file or a client certificate (anonymous is demo-only)")
         if self.mqtt.username is not None and self.mqtt.password_file is None:
             raise ValueError("mqtt.username is set but mqtt.password_file is not")
+        web = self.web
+        if not (web.is_loopback or web.uses_tls or web.behind_https_proxy):
+            raise ValueError(
+                f"web.host {web.host!r} would serve logins and session cookies over plain HTTP: set "
+                "web.tls_cert_file and web.tls_key_file, or web.behind_https_proxy (plain HTTP is demo-only)"
+            )
         return self
 
 

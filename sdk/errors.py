@@ -22,7 +22,12 @@ families are grouped by what the caller can do about them::
     ├── BrokerError              (firmware_integration.broker) the broker's files or process cannot be managed
     ├── BrokerConnectionError    (runtime.reporting) the MQTT broker cannot be reached or refused the device
     ├── StoreError               (dashboard.store) the dashboard's database cannot be opened or migrated
-    └── StoreUnavailable         (dashboard.ingest) the database cannot take a batch now: retry, acknowledge nothing
+    ├── StoreUnavailable         (dashboard.ingest) the database cannot take a batch now: retry, acknowledge nothing
+    ├── AuthError                (dashboard.errors) not logged in, throttled, not permitted, bad CSRF token
+    ├── AccountError             (dashboard.errors) a user or token cannot be created or changed
+    ├── NotFoundError            (dashboard.errors) no such finding, device or user
+    ├── TransitionError          (dashboard.errors) a finding's state does not allow that action
+    └── AuditChainError          (dashboard.errors) the audit log's hash chain is broken
 
 Each error carries the context a user needs (the file, the field, the check)
 so that the CLI can print it without a traceback. Third-party exceptions are

@@ -411,7 +411,14 @@ class BatchWriter:
             if device.state != state:
                 device.state = state
                 device.state_changed_at = now
-            device.status = status.model_dump(mode="json", by_alias=True)
+            payload = status.model_dump(mode="json", by_alias=True)
+            previous = device.status or {}
+            if state == DeviceState.OFFLINE and not status.packages and not status.version:
+                # A will message is composed at connect time and names nothing: the fleet page keeps
+                # showing what the device last said it runs.
+                payload["packages"] = previous.get("packages", [])
+                payload["version"] = previous.get("version", "")
+            device.status = payload
 
     def _dead_letters(self, session: Session, items: Iterable[Rejected], now: datetime, result: BatchResult) -> None:
         rows = []

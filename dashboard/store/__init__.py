@@ -6,6 +6,8 @@ the web UI reads.
 
 from dashboard.store.engine import MIGRATIONS, Store, StoreError, create_store, migrate
 from dashboard.store.models import (
+    ApiToken,
+    AuditEntry,
     Base,
     CommandResult,
     DeadLetter,
@@ -14,14 +16,22 @@ from dashboard.store.models import (
     Device,
     DeviceState,
     Event,
+    Feedback,
     Finding,
     FindingState,
     Heartbeat,
+    LoginThrottle,
+    Role,
     SequenceGap,
+    User,
+    Verdict,
+    WebSession,
 )
 
 __all__ = [
     "MIGRATIONS",
+    "ApiToken",
+    "AuditEntry",
     "Base",
     "CommandResult",
     "DeadLetter",
@@ -30,12 +40,18 @@ __all__ = [
     "Device",
     "DeviceState",
     "Event",
+    "Feedback",
     "Finding",
     "FindingState",
     "Heartbeat",
+    "LoginThrottle",
+    "Role",
     "SequenceGap",
     "Store",
     "StoreError",
+    "User",
+    "Verdict",
+    "WebSession",
     "create_store",
     "migrate",
 ]

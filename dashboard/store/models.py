@@ -33,6 +33,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from dashboard.store.types import JsonType, UtcDateTime
 
 __all__ = [
+    "ApiToken",
+    "AuditEntry",
     "Base",
     "CommandResult",
     "DeadLetter",
@@ -41,10 +43,16 @@ __all__ = [
     "Device",
     "DeviceState",
     "Event",
+    "Feedback",
     "Finding",
     "FindingState",
     "Heartbeat",
+    "LoginThrottle",
+    "Role",
     "SequenceGap",
+    "User",
+    "Verdict",
+    "WebSession",
 ]
 
 # Named constraints, so migrations can address them (SQLite batch mode needs names).
@@ -71,6 +79,24 @@ class FindingState(StrEnum):
     NEW = "new"
     ACKNOWLEDGED = "acknowledged"
     REVIEWED = "reviewed"
+
+
+class Role(StrEnum):
+    """What a dashboard user may do (issue 6)."""
+
+    CLINICIAN = "clinician"
+    """Sees findings and acts on them (acknowledge, review), exports feedback."""
+    TECHNICIAN = "technician"
+    """Sees the fleet: appliances, their health and events."""
+    ADMIN = "admin"
+    """Everything, plus users, API tokens and the audit log."""
+
+
+class Verdict(StrEnum):
+    """A reviewer's judgement of a finding: the feedback that validates the model."""
+
+    AGREE = "agree"
+    DISAGREE = "disagree"
 
 
 class DeadLetterReason(StrEnum):
@@ -160,6 +186,9 @@ class Finding(Base):
         Index(None, "modality", "created"),
         Index(None, "device_id", "seq"),
         Index(None, "score"),
+        Index(None, "received_at"),
+        Index(None, "state_changed_at"),
+        Index(None, "state", "score"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -282,3 +311,107 @@ class DeadLetterCount(Base):
     count: Mapped[int]
     first_at: Mapped[datetime]
     last_at: Mapped[datetime]
+
+
+# The web UI's own tables (revision 0002) -----------------------------------------------------------
+
+
+class User(Base):
+    """A person who logs in to the dashboard. Users are disabled, never deleted: the audit log names them."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[Role] = mapped_column(_enum(Role, 16))
+    password_hash: Mapped[str] = mapped_column(String(255), comment="scrypt$N$r$p$salt$hash")
+    disabled: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str | None] = mapped_column(String(64), comment="who created it; NULL: the command line")
+    password_changed_at: Mapped[datetime]
+    last_login_at: Mapped[datetime | None]
+
+
+class WebSession(Base):
+    """A logged-in browser. The cookie holds a random token; only its SHA-256 is stored."""
+
+    __tablename__ = "web_sessions"
+    __table_args__ = (Index(None, "user_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    csrf_token: Mapped[str] = mapped_column(String(64), comment="every form and state-changing request carries it")
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(comment="absolute end, whatever the activity")
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(256))
+
+
+class ApiToken(Base):
+    """A bearer token for scripts, created by an admin. Only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    prefix: Mapped[str] = mapped_column(String(16), comment="the token's first characters, to recognise it")
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[Role] = mapped_column(_enum(Role, 16))
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class LoginThrottle(Base):
+    """Failed logins of one username or one client address, and the lockout they earned."""
+
+    __tablename__ = "login_throttle"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True, comment="user:<name> or ip:<address>")
+    failures: Mapped[int]
+    window_started_at: Mapped[datetime]
+    locked_until: Mapped[datetime | None]
+
+
+class Feedback(Base):
+    """What staff did with one finding: who acknowledged it, who reviewed it, and their verdict."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (Index(None, "reviewed_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    finding_id: Mapped[int] = mapped_column(ForeignKey("findings.id", ondelete="CASCADE"), unique=True)
+    acknowledged_by: Mapped[str] = mapped_column(String(64))
+    acknowledged_at: Mapped[datetime]
+    reviewed_by: Mapped[str | None] = mapped_column(String(64))
+    reviewed_at: Mapped[datetime | None]
+    verdict: Mapped[Verdict | None] = mapped_column(_enum(Verdict, 16))
+    comment: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditEntry(Base):
+    """One line of the hash-chained audit log (see :mod:`dashboard.audit`).
+
+    ``hash`` is the SHA-256 of the entry's canonical content, which includes
+    ``prev_hash``, the previous entry's hash: changing, removing or inserting
+    an entry breaks every hash after it. Ids are assigned by the writer, one
+    more than the last entry, so a gap is visible too.
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index(None, "at"), Index(None, "target"))
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(128), comment="username, token:<name>, or cli")
+    role: Mapped[str | None] = mapped_column(String(16))
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(128), comment="e.g. finding:42, user:7")
+    detail: Mapped[str] = mapped_column(Text, comment="canonical JSON")
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)

@@ -18,6 +18,12 @@ from sqlalchemy.exc import IntegrityError, StatementError
 from dashboard.store import MIGRATIONS, Base, Device, DeviceState, Store, StoreError, create_store
 
 TABLES = {
+    "users",
+    "web_sessions",
+    "api_tokens",
+    "login_throttle",
+    "feedback",
+    "audit_log",
     "devices",
     "sequence_gaps",
     "findings",

@@ -1,0 +1,1 @@
+"""Server-rendered pages (HTML forms; the live parts are in ``static/js``)."""
