@@ -2,7 +2,7 @@
 
 Phantom chest-CT studies → the reference model compiled (quantized where the
 profile says so), gated and signed for the detected device profile → a local
-Mosquitto and the dashboard's ingest (SQLite) → the appliance service verifies
+Mosquitto and the dashboard (ingest, SQLite store, web UI) → the appliance service verifies
 the package and checks its golden samples → a simulated scanner C-STOREs every
 slice → findings go over MQTT into the dashboard's store, acknowledged end to
 end → a findings table scored against the phantoms' ground truth.
@@ -10,7 +10,9 @@ end → a findings table scored against the phantoms' ground truth.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -24,6 +26,8 @@ from sdk.cli.compile import RichListener, compile_summary
 from sdk.cli.console import console, progress_bars
 
 DEMO_KEY_NAME = "demo-signing"
+DEMO_USER = "demo"
+DEMO_PASSWORD = "medge-demo-only"  # loopback demo; a site creates its users with `medge dashboard create-user`
 
 
 @dataclass
@@ -45,16 +49,20 @@ def demo(
     seed: int = typer.Option(2026, help="Seed of the phantom studies."),
     profile: str | None = typer.Option(None, help="Device profile id; detected from this host when omitted."),
     calib_studies: int = typer.Option(10, min=2, max=100, help="Phantom studies to calibrate the compile on."),
+    dashboard_port: int = typer.Option(8080, min=0, max=65535, help="The dashboard's port on 127.0.0.1 (0: any)."),
 ) -> None:
     """Run the medge demo: phantoms → signed package for this host → appliance → MQTT → dashboard store.
 
     Everything runs on loopback: a local Mosquitto (anonymous, demo only), the
-    dashboard's ingest with a SQLite store, the appliance service and a
+    dashboard (ingest, SQLite store, web UI with a demo login), the appliance service and a
     simulated scanner. Without --once it keeps serving until Ctrl-C.
     """
 
-    from dashboard.ingest import IngestService
+    from dashboard.audit import CLI_ACTOR
+    from dashboard.auth import create_user
+    from dashboard.errors import AccountError
     from dashboard.settings import DashboardConfig
+    from dashboard.web import DashboardService
     from device_profiles import detect_host, get_profile, list_profiles, match_profile
     from firmware_integration.broker import BrokerFolder, add_dashboard, add_device, write_broker_config
     from quantization.calibration import labels_from_phantom_truth
@@ -148,16 +156,24 @@ def demo(
             "username": "demo-dashboard",
             "password_file": _password_file(dashboard_secrets),
         },
+        web={"host": "127.0.0.1", "port": dashboard_port if _port_free(dashboard_port) else 0},
     )
-    ingest = IngestService(dashboard_settings)
-    ingest.start()
+    service = DashboardService(dashboard_settings).start()
+    assert service.ingest is not None
+    ingest = service.ingest
     if not ingest.wait_ready(30):
+        service.stop()
         broker.stop()
         raise typer.BadParameter("the dashboard's ingest could not subscribe to the local broker")
+    with contextlib.suppress(AccountError):  # made by an earlier demo run: the store is kept
+        create_user(service.store, DEMO_USER, "admin", DEMO_PASSWORD, actor=CLI_ACTOR)
     console.print(
         f"[bold]broker[/]    mqtt://127.0.0.1:{broker.port} (the shipped config on loopback: passwords, ACLs)"
     )
-    console.print(f"[bold]dashboard[/] store {dashboard_settings.store_url}")
+    console.print(
+        f"[bold]dashboard[/] [link={service.url}]{service.url}[/link]  login [bold]{DEMO_USER}[/] / "
+        f"[bold]{DEMO_PASSWORD}[/] (demo only)  store {dashboard_settings.store_url}"
+    )
 
     # 6. The appliance service (verify, load, golden samples), fed by a simulated scanner over C-STORE.
     appliance_dir = out / "appliance"
@@ -259,8 +275,18 @@ def demo(
                 console.print("stopping")
     finally:
         appliance.stop()
-        ingest.stop()
+        service.stop()
         broker.stop()
+
+
+def _port_free(port: int) -> bool:
+    """Whether ``port`` can be bound on 127.0.0.1 now (else the demo takes any free one)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _password_file(written: list[Path]) -> Path:
