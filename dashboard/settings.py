@@ -36,12 +36,12 @@ import socket
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from sdk.config_files import config_error_from_validation, read_toml
+from sdk.config_files import load_toml_model
 
 __all__ = ["DashboardConfig", "FleetSection", "MqttSection", "StoreSection", "WebSection", "load_dashboard_config"]
 
@@ -266,8 +266,4 @@ def load_dashboard_config(path: str | Path) -> DashboardConfig:
         ConfigError: the file is missing or not TOML, or a value is invalid
             (names the file and the field).
     """
-    data = read_toml(path, "dashboard config")
-    try:
-        return DashboardConfig(**data)
-    except ValidationError as exc:
-        raise config_error_from_validation(exc, path) from exc
+    return load_toml_model(path, DashboardConfig, "dashboard config")

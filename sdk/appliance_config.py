@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from sdk.config_files import config_error_from_validation, read_toml
+from sdk.config_files import load_toml_model
 from sdk.routing import RoutingSection
 
 __all__ = [
@@ -196,8 +196,4 @@ def load_appliance_config(path: str | Path) -> ApplianceConfig:
         ConfigError: the file is missing or not TOML, or a value is invalid
             (names the file and the field).
     """
-    data = read_toml(path, "appliance config")
-    try:
-        return ApplianceConfig(**data)
-    except ValidationError as exc:
-        raise config_error_from_validation(exc, path) from exc
+    return load_toml_model(path, ApplianceConfig, "appliance config")

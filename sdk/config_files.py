@@ -55,12 +55,15 @@ def load_toml_model(
 ) -> ModelT:
     """Read ``path`` as TOML and validate it as ``model``.
 
+    The model is constructed (not ``model_validate``d), so a pydantic-settings
+    model also applies its environment overrides.
+
     Raises:
         ConfigError: (or the ``error`` subclass given) the file is missing,
             not TOML, or a field is invalid.
     """
     data = read_toml(path, what, error=error)
     try:
-        return model.model_validate(data)
+        return model(**data)
     except ValidationError as exc:
         raise config_error_from_validation(exc, path, error=error) from exc
