@@ -55,6 +55,7 @@ import paho.mqtt.client as mqtt
 from sqlalchemy import Table
 
 from benchmarks.report import BenchmarkReport, Figure, format_markdown, machine_facts
+from benchmarks.report import format_table as report_table
 from dashboard.audit import CLI_ACTOR
 from dashboard.auth import create_token, create_user
 from dashboard.store import Device, DeviceState, Finding, FindingState, Store, create_store
@@ -372,7 +373,7 @@ class _Appliance:
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
         now = time.time()
-        ack = parse_message(message.payload)
+        ack = parse_message(bytes(message.payload))
         if isinstance(ack, Ack):
             for message_id in ack.ids:
                 self.acked.setdefault(message_id, now)
@@ -504,38 +505,8 @@ def run_benchmark(settings: Settings, workdir: Path, store_url: str | None = Non
 
 
 def format_table(report: BenchmarkReport) -> str:
-    """The report as plain text: figure, value, reference, ratio, budget and PASS/FAIL."""
-    machine = report.machine
-    lines = [
-        f"medge dashboard benchmark ({report.settings['name']}, store {machine.get('store')}) - {machine['date']}",
-        f"machine: {machine['cpu']}, {machine['nproc']} CPUs, load average {machine['load_average_start']} -> "
-        f"{machine.get('load_average_end')}",
-    ]
-    group = None
-    for figure in report.figures:
-        if figure.group != group:
-            group = figure.group
-            lines += ["", f"== {group}"]
-        value = f"{figure.value:.3f} {figure.unit}" if figure.unit == "s" else f"{figure.value:.1f} {figure.unit}"
-        reference = ""
-        if figure.reference_value is not None:
-            shown = f"{figure.reference_value:.3f}" if figure.unit == "s" else f"{figure.reference_value:.2f}"
-            reference = f" | {figure.reference}: {shown} {figure.unit}"
-        ratio = f" | ratio {figure.comparison}" if figure.comparison else ""
-        budget = f" | budget {figure.budget}" if figure.budget else ""
-        verdict = "" if figure.met is None else ("  PASS" if figure.met else "  FAIL")
-        lines.append(f"- {figure.name}: {value}{reference}{ratio}{budget}{verdict}")
-        if figure.note:
-            lines.append(f"    {figure.note}")
-    budgeted = [f for f in report.figures if f.met is not None]
-    missed = report.missed
-    lines += [
-        "",
-        f"budgets: {len(budgeted) - len(missed)} of {len(budgeted)} PASS"
-        + (": FAIL " + "; ".join(f.name for f in missed) if missed else ""),
-        f"benchmark wall time: {report.seconds:.0f} s",
-    ]
-    return "\n".join(lines)
+    """The report as a plain-text table (see :func:`benchmarks.report.format_table`)."""
+    return report_table(report, f"dashboard (store {report.machine.get('store')})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

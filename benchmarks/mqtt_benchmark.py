@@ -45,7 +45,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from sqlalchemy import func, select
 
-from benchmarks.report import BenchmarkReport, Figure, format_markdown, format_report, machine_facts
+from benchmarks.report import BenchmarkReport, Figure, format_markdown, format_table, machine_facts
 from dashboard.ingest import IngestService
 from dashboard.settings import DashboardConfig
 from dashboard.store import Finding as StoredFinding
@@ -355,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     outage = args.outage or (5.0 if args.quick else 60.0)
     with tempfile.TemporaryDirectory(prefix="medge-mqtt-bench-") as tmp:
         report = run(count, rounds, Path(tmp), outage, 100.0)
-    print(format_report(report))
+    print(format_table(report, "MQTT"))
     if args.json:
         args.json.write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")
     if args.markdown:

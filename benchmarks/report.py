@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import math
 import os
 import platform
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BenchmarkReport", "Figure", "format_markdown", "format_report", "machine_facts"]
+__all__ = ["BenchmarkReport", "Figure", "format_markdown", "format_report", "format_table", "machine_facts"]
 
 log = logging.getLogger(__name__)
 
@@ -186,3 +187,54 @@ def format_markdown(report: BenchmarkReport) -> str:
         cells = [name, _value(figure.value, figure.unit), reference, figure.comparison, figure.budget or "", verdict]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines).strip() + "\n"
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if unit in ("instances/s", "/s"):
+        return f"{value:.0f} /s"
+    if unit in ("ms", "s"):
+        return f"{value:.2f} {unit}"
+    if unit == "MB":
+        return f"{value:.0f} MB"
+    return f"{value:.3g} {unit}".strip()
+
+
+def format_table(report: BenchmarkReport, benchmark: str) -> str:
+    """The report as a plain-text table: figure, value, reference, ratio, budget and PASS/FAIL."""
+    machine = report.machine
+    lines = [
+        f"medge {benchmark} benchmark ({report.settings.get('name', '')}) - {machine['date']}",
+        f"machine: {machine['cpu']}, {machine['nproc']} CPUs ({', '.join(machine.get('cpu_flags', []))}), "
+        f"load average {machine['load_average_start']} -> {machine.get('load_average_end')}",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items()),
+    ]
+    header = f"{'figure':<72} {'value':>11} {'reference':>11} {'ratio':>16} {'budget':>12}  result"
+    group = None
+    for figure in report.figures:
+        if figure.group != group:
+            group = figure.group
+            lines += ["", f"== {group}", header]
+        result = "" if figure.met is None else ("PASS" if figure.met else "FAIL")
+        name = figure.name if len(figure.name) <= 72 else figure.name[:69] + "..."
+        reference = _fmt(figure.reference_value, figure.unit) if figure.reference_value is not None else ""
+        lines.append(
+            f"{name:<72} {_fmt(figure.value, figure.unit):>11} {reference:>11} {figure.comparison:>16} "
+            f"{figure.budget or '':>12}  {result}"
+        )
+        if len(figure.name) > 72:
+            lines.append(f"    {figure.name}")
+        if figure.reference:
+            lines.append(f"    reference: {figure.reference}")
+        if figure.note:
+            lines.append(f"    {figure.note}")
+    budgeted = [f for f in report.figures if f.met is not None]
+    missed = report.missed
+    lines += [
+        "",
+        f"budgets: {len(budgeted) - len(missed)} of {len(budgeted)} PASS"
+        + (": FAIL " + "; ".join(f.name for f in missed) if missed else ""),
+        f"benchmark wall time: {report.seconds:.0f} s",
+    ]
+    return "\n".join(lines)

@@ -64,6 +64,7 @@ import numpy as np
 import pydicom
 
 from benchmarks.report import BenchmarkReport, Figure, format_markdown, machine_facts
+from benchmarks.report import format_table as report_table
 from device_profiles import DeviceProfile, get_profile
 from quantization.calibration import labels_from_phantom_truth
 from quantization.compile import CompileOptions, compile_package
@@ -976,55 +977,9 @@ def run_benchmark(settings: Settings, workdir: Path) -> BenchmarkReport:
 # ----------------------------------------------------------------------------- printing
 
 
-def _fmt(value: float | None, unit: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if unit == "instances/s":
-        return f"{value:.0f} /s"
-    if unit in ("ms", "s"):
-        return f"{value:.2f} {unit}"
-    if unit == "MB":
-        return f"{value:.0f} MB"
-    return f"{value:.3g} {unit}".strip()
-
-
 def format_table(report: BenchmarkReport) -> str:
-    """The report as a plain-text table: figure, value, reference, ratio, budget and PASS/FAIL."""
-    machine = report.machine
-    lines = [
-        f"medge runtime benchmark ({report.settings['name']}) - {machine['date']}",
-        f"machine: {machine['cpu']}, {machine['nproc']} CPUs ({', '.join(machine['cpu_flags'])}), "
-        f"load average {machine['load_average_start']} -> {machine.get('load_average_end')}",
-        "versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()),
-    ]
-    header = f"{'figure':<72} {'value':>11} {'reference':>11} {'ratio':>16} {'budget':>12}  result"
-    group = None
-    for figure in report.figures:
-        if figure.group != group:
-            group = figure.group
-            lines += ["", f"== {group}", header]
-        result = "" if figure.met is None else ("PASS" if figure.met else "FAIL")
-        name = figure.name if len(figure.name) <= 72 else figure.name[:69] + "..."
-        reference = _fmt(figure.reference_value, figure.unit) if figure.reference_value is not None else ""
-        lines.append(
-            f"{name:<72} {_fmt(figure.value, figure.unit):>11} {reference:>11} {figure.comparison:>16} "
-            f"{figure.budget or '':>12}  {result}"
-        )
-        if len(figure.name) > 72:
-            lines.append(f"    {figure.name}")
-        if figure.reference:
-            lines.append(f"    reference: {figure.reference}")
-        if figure.note:
-            lines.append(f"    {figure.note}")
-    budgeted = [f for f in report.figures if f.met is not None]
-    missed = report.missed
-    lines += [
-        "",
-        f"budgets: {len(budgeted) - len(missed)} of {len(budgeted)} PASS"
-        + (": FAIL " + "; ".join(f.name for f in missed) if missed else ""),
-        f"benchmark wall time: {report.seconds:.0f} s",
-    ]
-    return "\n".join(lines)
+    """The report as a plain-text table (see :func:`benchmarks.report.format_table`)."""
+    return report_table(report, "runtime")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
