@@ -263,6 +263,7 @@ def _dashboard(config: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        process.stdout.close()
 
 
 def _login(client: httpx.Client) -> None:
