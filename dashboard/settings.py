@@ -110,6 +110,9 @@ class MqttSection(_Section):
         default=10.0, gt=0, le=1000, description="how long messages are collected into one transaction"
     )
     batch_max: int = Field(default=1000, ge=1, description="most messages in one transaction")
+    reconnect_max_s: int = Field(
+        default=5, ge=1, le=300, description="cap of the reconnect delay: the backlog waits this long at most"
+    )
     receive_maximum: int = Field(
         default=4000,
         ge=1,

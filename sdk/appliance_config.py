@@ -94,7 +94,11 @@ class MqttSection(_Section):
     )
     connect_timeout_s: float = Field(default=10.0, gt=0, le=300, description="TCP/TLS connect and CONNACK wait")
     reconnect_min_s: float = Field(default=1.0, gt=0, description="first reconnect delay; doubles per failure")
-    reconnect_max_s: float = Field(default=60.0, gt=0, description="cap of the reconnect delay (before jitter)")
+    reconnect_max_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="cap of the reconnect delay (before jitter): how long after a broker's return the backlog waits",
+    )
     max_inflight: int = Field(
         default=100,
         ge=1,

@@ -278,7 +278,7 @@ class IngestService:
             if config.password_file is not None:
                 password = _read_secret(config.password_file, "MQTT password", "mqtt.password_file")
             client.username_pw_set(config.username, password)
-        client.reconnect_delay_set(1, 30)
+        client.reconnect_delay_set(1, config.reconnect_max_s)
         client.max_inflight_messages_set(1000)  # our Acks: one per device per batch
         client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect
