@@ -236,6 +236,10 @@ def parse_message(payload: bytes | str) -> Finding | Event | Heartbeat | Status 
         MessageError: not JSON, unknown schema, or a field is invalid (names the field).
     """
     try:
+        return _MESSAGE.validate_json(payload)  # the fast path: one pass in pydantic's core
+    except ValidationError:
+        pass  # parse again below for an error that names the problem
+    try:
         data = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MessageError(f"message is not valid JSON: {exc}") from exc
