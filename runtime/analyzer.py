@@ -20,7 +20,7 @@ from pydicom import Dataset
 from runtime.engines import Engine, Placement, load_engine
 from runtime.postprocess import Classification, classify
 from sdk.errors import EngineError
-from sdk.input_statistics import drift_score
+from sdk.input_statistics import drift_scores
 from sdk.package import ModelPackage
 from sdk.preprocessing import preprocess
 
@@ -143,7 +143,7 @@ class Analyzer:
         frames = len(batch)
         results = [classify(outputs, config, index, ds) for index in range(frames)]
         stats = self.manifest.input_statistics
-        drift = [drift_score(stats, batch[index : index + 1]) if stats else None for index in range(frames)]
+        drift: list[float | None] = list(drift_scores(stats, batch)) if stats else [None] * frames
         t3 = time.perf_counter()
         latency = {
             "preprocess": round(prepared.preprocess_ms / frames, 3),

@@ -4,7 +4,8 @@
 
     SCP / watched folder / submit() ─▶ spool (fsync) ─▶ work queue (SQLite) ─▶ decoder thread
         read with limits, track series, route, preprocess ──(bounded hand-off: back-pressure)──▶ inference thread
-        engine, post-process, drift ─▶ findings + instance state in ONE durable transaction (outbox)
+        engine, post-process, drift ──(bounded)──▶ committer thread: the findings of every instance waiting, with
+        their instances' state, in ONE durable transaction (outbox) ─▶ remover thread: their spool files deleted
     series tracker (release + quiet time) ─▶ series thread: a complete series' slices, in order,
         through each package its rules route it to ─▶ one finding per series and package (outbox)
 
@@ -12,6 +13,11 @@ Each hop has one durable hand-off: an instance is fsync'd in the spool
 before the scanner hears "success"; its findings are in the outbox in the
 same transaction that marks it analysed, with ids stable for instance +
 package, so ``kill -9`` at any moment loses nothing and duplicates nothing.
+The committer groups the instances that finished while the previous commit
+was flushing into one commit (alone, an instance is committed at once), and
+a spool file is deleted only after its findings are durable: a crash in
+between leaves a file whose instance is already analysed, which is swept at
+the next start (its finding ids are stable, so a redo could add nothing).
 Bad input is quarantined with a reason and an event; the service keeps serving.
 An instance still decoding or analysing after ``[dicom] instance_timeout_s``
 is quarantined as a hang and its worker thread replaced (Python cannot
@@ -76,6 +82,9 @@ log = logging.getLogger(__name__)
 _DECODER = "decoder"
 _SERIES = "series"
 _STOP = object()
+_MAX_GROUP = 64  # instances in one group commit at most
+_COMMIT_BACKLOG = 32  # analysed instances waiting for their commit before inference waits (back-pressure)
+_GROUP_WAIT_S = 0.003  # on a stream, how long a commit waits for the instance being analysed to join it
 _MAX_STUCK_THREADS = 3  # beyond this many abandoned workers the service says it is not alive (systemd restarts it)
 
 
@@ -86,6 +95,14 @@ class _Job:
     prepared: dict[str, Prepared]
     stage_ms: dict[str, float]
     keep_file: bool = False  # its series still needs it
+
+
+@dataclass
+class _Done:
+    """An analysed instance on its way to the outbox."""
+
+    job: _Job
+    findings: list[Finding]
 
 
 def _site_key(path: Path) -> bytes:
@@ -141,6 +158,9 @@ class Appliance:
         self._dicom_port = dicom_port
         self._health_port = health_port
         self._handoff: queue.Queue[_Job | object] = queue.Queue(maxsize=queue_size)
+        self._commits: queue.Queue[_Done | object] = queue.Queue(maxsize=_COMMIT_BACKLOG)
+        self._removals: queue.SimpleQueue[Path | object] = queue.SimpleQueue()  # files whose findings are durable
+        self._committing = threading.Event()  # the committer is inside a commit
         self._user_sink = on_event
         self._stop = threading.Event()
         self._work = threading.Event()  # set when an instance arrives: the decoder does not poll
@@ -196,7 +216,8 @@ class Appliance:
         self.queue = WorkQueue(self.data_dir / "queue.sqlite")
         resumed = self.queue.resume()
         self.spool = Spool(self.data_dir / "spool", self.config.dicom.spool_quota_mb * 1024 * 1024)
-        self._reconcile()
+        self.router = self._router()
+        self._reconcile(sweep=self.router is None or "series" not in self.router.units)
         trusted = self._trusted
         if trusted is None:
             trusted = TrustStore.load(self.config.packages.trusted_keys_dir)
@@ -209,7 +230,6 @@ class Appliance:
             on_event=self._emit,
         )
         self.packages.load()
-        self.router = self._router()
         if self.router is not None and "series" in self.router.units:
             self.series = SeriesTracker(
                 self.queue,
@@ -232,7 +252,7 @@ class Appliance:
             )
             self.reporter.start()
         self.progress.expect("supervisor", within_s=5.0)
-        roles = ["decode", "infer", "watchdog"] + (["series"] if self.series is not None else [])
+        roles = ["decode", "infer", "commit", "remove", "watchdog"] + (["series"] if self.series is not None else [])
         for role in roles:
             self._spawn(role)
         self.scp = StorageSCP(
@@ -283,6 +303,8 @@ class Appliance:
         target = {
             "decode": self._decode_loop,
             "infer": self._infer_loop,
+            "commit": self._commit_loop,
+            "remove": self._remove_loop,
             "watchdog": self._watchdog_loop,
             "series": self._series_loop,
         }[role]
@@ -301,12 +323,22 @@ class Appliance:
             return build_router(section)
         return None  # default: every live package that takes the instance's modality
 
-    def _reconcile(self) -> None:
-        """Spooled files the queue does not know (a crash between fsync and commit) are queued again."""
-        added = 0
+    def _reconcile(self, *, sweep: bool = True) -> None:
+        """Spooled files the queue does not know (a crash between fsync and commit) are queued again.
+
+        With ``sweep``, files of instances already analysed (a crash between the
+        commit of their findings and the deletion) are deleted: their findings
+        are durable. Not with series rules: a series still to be analysed needs
+        its analysed slices, and the series thread deletes them afterwards.
+        """
+        added = swept = 0
         for path in self.spool.instances():
             sop = path.stem
-            if self.queue.get(sop) is not None:
+            known = self.queue.get(sop)
+            if known is not None:
+                if sweep and known.state in (InstanceState.ANALYSED, InstanceState.REPORTED):
+                    self.spool.remove(path)
+                    swept += 1
                 continue
             try:
                 header = pydicom.dcmread(path, stop_before_pixels=True)
@@ -327,14 +359,15 @@ class Appliance:
             added += 1
         if added:
             log.warning("re-queued %d spooled instance(s) the work queue had not recorded", added)
+        if swept:
+            log.info("deleted %d spooled instance(s) whose findings were already committed", swept)
 
     def _recover_decoded(self) -> None:
         """Instances decoded before a crash but never analysed: their tensors died with the process; redo them.
 
-        All are claimed at once: redoing one moves it back to ``decoded``, where a
-        one-by-one claim would pick it up again.
+        All are claimed at once (a queue written by an earlier medge, which recorded ``decoded``).
         """
-        for record in self.queue.claim_batch(InstanceState.DECODED, _DECODER, limit=1_000_000):
+        for record in self.queue.claim_batch(InstanceState.DECODED, _DECODER, limit=1_000_000, lease_s=self._lease_s):
             self._decode_one(record)
 
     # -- ingest ----------------------------------------------------------------------------------------------------
@@ -400,7 +433,15 @@ class Appliance:
         self.metrics.quarantined.labels(reason="input").inc()
         self._emit("quarantined", "warning", f"instance quarantined: {reason}", {"sop": record.sop_instance_uid})
 
-    def _decode_one(self, record: InstanceRecord) -> None:
+    def _decode_one(self, record: InstanceRecord, claimed_at: float | None = None) -> None:
+        """Read, route and preprocess a claimed instance, then hand it to inference (blocks while that lags).
+
+        The instance stays claimed (``decoding``) until its findings are
+        committed: after a crash its tensors are gone and it is decoded again
+        whatever state it had reached, so recording the step costs a
+        transaction and buys nothing.
+        """
+        waited = max(0.0, (time.time() if claimed_at is None else claimed_at) - record.received_at)
         t0 = time.perf_counter()
         keep_file = False
         try:
@@ -418,9 +459,7 @@ class Appliance:
             log.exception("decoding %s failed", record.sop_instance_uid)
             self._set_aside(record, f"could not be decoded: {exc}")
             return
-        waited = max(0.0, time.time() - record.received_at)
         stage_ms = {"receive": round(waited * 1e3, 3), "decode": round((t1 - t0) * 1e3, 3)}
-        self.queue.advance(record.sop_instance_uid, InstanceState.DECODED, worker=_DECODER)
         self._handoff.put(_Job(record, ds, prepared, stage_ms, keep_file))  # blocks when inference lags
 
     def _decode_loop(self, generation: int) -> None:
@@ -432,16 +471,17 @@ class Appliance:
         while not self._stop.is_set() and self._current("decode", generation):
             self._work.clear()  # before the claim: an arrival after it sets it again
             try:
-                record = self.queue.claim_next(InstanceState.RECEIVED, _DECODER)
+                record = self.queue.claim_next(InstanceState.RECEIVED, _DECODER, lease_s=self._lease_s)
             except Exception:
                 log.exception("work queue claim failed")
                 record = None
             if record is None:
                 self._work.wait(0.5)
                 continue
+            claimed_at = time.time()
             self._busy["decode"] = (record.sop_instance_uid, time.monotonic(), generation)
             try:
-                self._decode_one(record)
+                self._decode_one(record, claimed_at)
             except Exception:  # e.g. the watchdog set it aside meanwhile: its claim is gone
                 log.exception("decoding %s ended in an error", record.sop_instance_uid)
             finally:
@@ -450,10 +490,16 @@ class Appliance:
         if self._current("decode", generation):
             self._handoff.put(_STOP)
 
+    @property
+    def _lease_s(self) -> float:
+        """The decoder's claim lasts until the findings are committed: longer than any wait the watchdog allows."""
+        return max(120.0, 4 * self.config.dicom.instance_timeout_s)
+
     def _infer_loop(self, generation: int) -> None:
         while self._current("infer", generation):
             job = self._handoff.get()
             if job is _STOP:
+                self._commits.put(_STOP)
                 return
             assert isinstance(job, _Job)
             self._busy["infer"] = (job.record.sop_instance_uid, time.monotonic(), generation)
@@ -480,11 +526,83 @@ class Appliance:
                     self._emit("analysis-failed", "error", f"{name}: {exc}", {"sop": job.record.sop_instance_uid})
                     raise
             findings += self._findings(ds, analyses, package, job.stage_ms)
-        self.queue.record_findings(job.record.sop_instance_uid, findings)
-        # The finding is what must survive; the image has served its purpose once findings are durable
-        # (unless its series is still to be analysed: the series thread removes it then).
-        if not job.keep_file:
-            self.spool.remove(job.record.spool_path)
+        done = _Done(job, findings)
+        if self._handoff.empty() and self._commits.empty() and not self._committing.is_set():
+            # Nothing to group it with and nothing to run meanwhile: commit here, sparing two thread hand-offs.
+            self._commit([done], remove_now=True)
+        else:
+            self._commits.put(done)  # blocks when the disk lags (back-pressure)
+
+    def _commit_loop(self, generation: int) -> None:
+        """Group commit: every analysed instance waiting goes into the outbox in one durable transaction.
+
+        Alone, an instance is committed as soon as it arrives; under load the
+        instances that finished during one commit's fsync share the next one.
+        """
+        while self._current("commit", generation):
+            group = [self._commits.get()]
+            while len(group) < _MAX_GROUP:
+                try:
+                    group.append(self._commits.get_nowait())
+                except queue.Empty:
+                    if _GROUP_WAIT_S <= 0 or self._handoff.empty():
+                        break
+                    # A stream: more instances are on their way; every commit holds the queue (ingest and claims
+                    # included) for one fsync, so fewer, larger commits let the rest of the pipeline run.
+                    try:
+                        group.append(self._commits.get(timeout=_GROUP_WAIT_S))
+                    except queue.Empty:
+                        break
+            done = [item for item in group if isinstance(item, _Done)]
+            if done:
+                self._committing.set()
+                try:
+                    self._commit(done)
+                except Exception as exc:  # contained: the instances stay claimed and are retried after their lease
+                    log.exception("committing the findings of %d instance(s) failed", len(done))
+                    for item in done:
+                        sop = item.job.record.sop_instance_uid
+                        self._emit("analysis-failed", "error", f"findings not committed: {exc}", {"sop": sop})
+                finally:
+                    self._committing.clear()
+            if len(done) < len(group):  # _STOP: the inference thread has ended
+                self._removals.put(_STOP)
+                return
+
+    def _commit(self, done: list[_Done], *, remove_now: bool = False) -> None:
+        """Findings of analysed instances into the outbox (one durable transaction), then their spool files out.
+
+        The files go to the remover thread (each deletion fsyncs its folder), or with
+        ``remove_now`` are deleted here.
+        """
+        results = self.queue.record_findings_batch(
+            [(item.job.record.sop_instance_uid, item.findings) for item in done], worker=_DECODER
+        )
+        for item, result in zip(done, results, strict=True):
+            if isinstance(result, Exception):
+                log.warning("findings of %s not recorded: %s", item.job.record.sop_instance_uid, result)
+            elif not item.job.keep_file:
+                # The finding is what must survive; the image has served its purpose once findings are durable
+                # (unless its series is still to be analysed: the series thread removes it then).
+                path = Path(item.job.record.spool_path)
+                if remove_now:
+                    self._remove(path)
+                else:
+                    self._removals.put(path)
+
+    def _remove_loop(self, generation: int) -> None:
+        """Delete spool files whose findings are durable (each deletion fsyncs its folder: off the commit path)."""
+        while self._current("remove", generation):
+            path = self._removals.get()
+            if not isinstance(path, Path):
+                return
+            self._remove(path)
+
+    def _remove(self, path: Path) -> None:
+        try:
+            self.spool.remove(path)
+        except Exception:  # contained: a leftover file of an analysed instance is swept at the next start
+            log.exception("could not remove %s from the spool", path)
 
     # -- hangs -----------------------------------------------------------------------------------------------------
 

@@ -1,13 +1,15 @@
 """Reading a spooled instance safely: limits are checked before any pixel data is decoded.
 
 A hostile or broken file must cost the appliance a clear error, not its
-memory: the header is read first (without pixel data), the declared image
-size is checked against limits, and native pixel data must be as long as the
-header says. Decoding itself happens in :func:`sdk.preprocessing.preprocess`.
+memory: the file's size is checked before it is read, the declared image
+size is checked against limits before any pixel data is decoded, and native
+pixel data must be as long as the header says. Decoding itself happens in :func:`sdk.preprocessing.preprocess`.
 """
 
 from __future__ import annotations
 
+import io
+import os
 from pathlib import Path
 
 import pydicom
@@ -45,27 +47,36 @@ def _int(ds: Dataset, keyword: str, default: int) -> int:
 def read_instance(path: Path, limits: DecodeLimits | None = None) -> Dataset:
     """Read an instance whose image fits the limits; its pixel data is not decoded yet.
 
+    The file is read once (at most ``limits.max_bytes``) and parsed from memory:
+    parsing does not decode pixel data, so checking the declared size on the
+    parsed dataset still comes before any decoding, and the bytes held are
+    bounded by the byte limit checked first.
+
     Raises:
         DicomInputError: not DICOM, a DICOMDIR, no image, a declared size over
             the limits, or native pixel data shorter than declared (truncated).
     """
     limits = limits or DecodeLimits()
     try:
-        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > limits.max_bytes:
+                raise DicomInputError(f"{size:,} bytes is over the limit of {limits.max_bytes:,}", path=path)
+            data = handle.read(size + 1)  # not max_bytes + 1: the buffer is allocated at the size asked for
     except OSError as exc:
         raise DicomInputError(f"cannot read: {exc.strerror}", path=path) from exc
-    if size > limits.max_bytes:
-        raise DicomInputError(f"{size:,} bytes is over the limit of {limits.max_bytes:,}", path=path)
+    if len(data) > limits.max_bytes:  # it grew after the check
+        raise DicomInputError(f"{len(data):,} bytes is over the limit of {limits.max_bytes:,}", path=path)
     try:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(io.BytesIO(data))
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
         raise DicomInputError(f"not a readable DICOM file: {exc}", path=path) from exc
-    if str(header.get("SOPClassUID", "")) == _DICOMDIR or "DirectoryRecordSequence" in header:
+    if str(ds.get("SOPClassUID", "")) == _DICOMDIR or "DirectoryRecordSequence" in ds:
         raise DicomInputError("a DICOMDIR, not an image", path=path)
     try:
-        rows, columns = _int(header, "Rows", 0), _int(header, "Columns", 0)
-        frames, samples = _int(header, "NumberOfFrames", 1), _int(header, "SamplesPerPixel", 1)
-        bits = _int(header, "BitsAllocated", 16)
+        rows, columns = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
+        frames, samples = _int(ds, "NumberOfFrames", 1), _int(ds, "SamplesPerPixel", 1)
+        bits = _int(ds, "BitsAllocated", 16)
     except DicomInputError as exc:
         raise DicomInputError(exc.message, path=path, field=exc.field) from None
     if rows <= 0 or columns <= 0:
@@ -81,15 +92,16 @@ def read_instance(path: Path, limits: DecodeLimits | None = None) -> Dataset:
     if pixels > limits.max_pixels:
         raise DicomInputError(f"{pixels:,} pixels is over the limit of {limits.max_pixels:,}", path=path)
     try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+        has_pixels = "PixelData" in ds
+        pixel_bytes = len(ds.PixelData) if has_pixels else 0
+    except (EOFError, ValueError, KeyError, TypeError, OSError) as exc:
         raise DicomInputError(f"cannot read the dataset: {exc}", path=path) from exc
-    if "PixelData" not in ds:
+    if not has_pixels:
         raise DicomInputError("no pixel data", path=path, field="PixelData")
     if not ds.file_meta.TransferSyntaxUID.is_compressed:
         expected = pixels * bits // 8
-        if len(ds.PixelData) < expected:
+        if pixel_bytes < expected:
             raise DicomInputError(
-                f"pixel data is truncated: {len(ds.PixelData):,} of {expected:,} bytes", path=path, field="PixelData"
+                f"pixel data is truncated: {pixel_bytes:,} of {expected:,} bytes", path=path, field="PixelData"
             )
     return ds

@@ -16,7 +16,15 @@ from pydantic import BaseModel, ConfigDict
 
 from sdk.preprocess_spec import PreprocessSpec
 
-__all__ = ["DRIFT_THRESHOLD", "PERCENTILES", "ChannelStatistics", "InputStatistics", "drift_score", "input_statistics"]
+__all__ = [
+    "DRIFT_THRESHOLD",
+    "PERCENTILES",
+    "ChannelStatistics",
+    "InputStatistics",
+    "drift_score",
+    "drift_scores",
+    "input_statistics",
+]
 
 DRIFT_THRESHOLD = 0.5
 """Suggested :func:`drift_score` above which a study does not look like the calibration data.
@@ -127,6 +135,33 @@ def drift_score(stats: InputStatistics, tensor: np.ndarray) -> float:
     return worst
 
 
+def drift_scores(stats: InputStatistics, batch: np.ndarray) -> list[float]:
+    """:func:`drift_score` of each slice of a batch, the histograms of all slices binned in one pass.
+
+    The same values as calling :func:`drift_score` slice by slice, for a
+    fraction of the cost on multi-frame instances.
+
+    Args:
+        stats: the calibration statistics.
+        batch: slices ``(N, ...)`` (or one slice ``(C, H, W)``/``(H, W, C)``), in ``stats.layout``.
+    """
+    array = np.asarray(batch, dtype=np.float32)
+    if array.ndim == 3:
+        array = array[np.newaxis]
+    channels = _channels_first(array, stats.layout)
+    if channels.shape[0] != len(stats.channels):
+        raise ValueError(f"tensor has {channels.shape[0]} channel(s), the statistics {len(stats.channels)}")
+    slices = channels.shape[1]
+    edges = np.asarray(stats.bin_edges)
+    worst = [0.0] * slices
+    for channel, reference in zip(channels, stats.channels, strict=True):
+        histograms = _histograms(channel.reshape(slices, -1), edges)
+        calibration = np.asarray(reference.histogram)
+        for index in range(slices):
+            worst[index] = max(worst[index], _js_distance(histograms[index], calibration))
+    return worst
+
+
 def _channels_first(tensors: np.ndarray, layout: str) -> np.ndarray:
     """``(C, N, H, W)`` view-or-copy of a batch, whatever its layout."""
     if tensors.ndim != 4:
@@ -150,6 +185,17 @@ def _histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     np.clip(index, 0, bins - 1, out=index)
     counts = np.bincount(index, minlength=bins).astype(np.float64)
     return counts / max(counts.sum(), 1.0)
+
+
+def _histograms(rows: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """:func:`_histogram` of each row of ``rows`` ``(N, values)``, with one ``bincount`` for all of them."""
+    count, bins = rows.shape[0], len(edges) - 1
+    scale = bins / (edges[-1] - edges[0])
+    index = ((rows.astype(np.float64, copy=False) - edges[0]) * scale).astype(np.int64)
+    np.clip(index, 0, bins - 1, out=index)
+    index += (np.arange(count, dtype=np.int64) * bins)[:, np.newaxis]
+    counts = np.bincount(index.reshape(-1), minlength=count * bins).astype(np.float64).reshape(count, bins)
+    return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
 
 
 def _js_distance(p: np.ndarray, q: np.ndarray) -> float:

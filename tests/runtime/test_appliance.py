@@ -235,3 +235,67 @@ def test_submit_refuses_what_is_not_dicom(installed, tmp_path: Path) -> None:
         with pytest.raises(DicomInputError):
             appliance.submit(b"not a dicom file at all" * 10)
         assert appliance._liveness() == []
+
+
+def test_a_burst_gets_one_finding_each_and_files_go_only_after_their_findings_are_durable(
+    installed, tmp_path: Path
+) -> None:
+    packages, trusted, files = installed
+    removed_without_finding: list[str] = []
+    with Appliance(_config(tmp_path, packages), trusted=trusted) as appliance:
+        real_remove = appliance.spool.remove
+
+        def checked_remove(path) -> None:  # a spy on the real spool: the finding must be committed first
+            if not appliance.queue.findings(Path(path).stem):
+                removed_without_finding.append(Path(path).stem)
+            real_remove(path)
+
+        appliance.spool.remove = checked_remove  # type: ignore[method-assign]
+        for path in files:  # all at once: the pipeline (and the group commit) fills up
+            appliance.submit(path)
+        _wait(lambda: _done(appliance) == len(files) and not list(appliance.spool.instances()))
+        entries = appliance.queue.findings()
+        assert sorted(e.sop_instance_uid for e in entries) == sorted(
+            r.sop_instance_uid for r in appliance.queue.instances()
+        )
+        assert len({e.sop_instance_uid for e in entries}) == len(entries) == len(files)
+        assert sorted(e.seq for e in entries) == list(range(len(files)))
+    assert removed_without_finding == []
+
+
+def test_receive_latency_ends_at_the_claim_not_after_decoding(
+    installed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packages, trusted, files = installed
+    real_read = appliance_module.read_instance
+
+    def slow_read(path: Path, limits):  # decoding takes 0.3 s: it counts as decode, not as waiting to be received
+        time.sleep(0.3)
+        return real_read(path, limits)
+
+    monkeypatch.setattr(appliance_module, "read_instance", slow_read)
+    with Appliance(_config(tmp_path, packages), trusted=trusted) as appliance:
+        uid = appliance.submit(files[0])
+        _wait(lambda: bool(appliance.queue.findings(uid)))
+        latency = parse_message(appliance.queue.findings(uid)[0].payload).latency_ms
+    assert latency["decode"] >= 300
+    assert latency["receive"] < 250, latency
+    assert latency["total"] == pytest.approx(sum(v for k, v in latency.items() if k != "total"), abs=0.01)
+
+
+def test_a_file_left_behind_by_a_crash_after_the_commit_is_swept_at_start(installed, tmp_path: Path) -> None:
+    packages, trusted, files = installed
+    config = _config(tmp_path, packages)
+    with Appliance(config, trusted=trusted) as appliance:
+        uid = appliance.submit(files[0])
+        _wait(lambda: _done(appliance) == 1 and not list(appliance.spool.instances()))
+        spooled = appliance.queue.get(uid).spool_path
+    # A kill -9 between the commit of its findings and the deletion leaves the spooled file (and its folders).
+    spooled.parent.mkdir(parents=True, exist_ok=True)
+    spooled.write_bytes(files[0].read_bytes())
+    with Appliance(config, trusted=trusted) as appliance:
+        assert not spooled.exists()
+        assert appliance.spool.used_bytes() == 0
+        time.sleep(0.5)
+        assert len(appliance.queue.findings()) == 1
+        assert appliance.queue.get(uid).state in ("analysed", "reported")

@@ -195,6 +195,54 @@ def test_findings_for_a_quarantined_instance_are_dropped(queue: WorkQueue) -> No
     assert queue.findings() == []
 
 
+def test_record_findings_batch_commits_a_group_and_keeps_each_instance_apart(queue: WorkQueue) -> None:
+    for sop in ("1.1", "1.2", "1.3", "1.4", "1.5"):
+        add(queue, sop)
+    # 1.1-1.3 claimed for decoding (the appliance hands tensors straight to inference), 1.4 decoded, 1.5 not claimed.
+    claimed = [record.sop_instance_uid for record in queue.claim_batch("received", "decoder", limit=3)]
+    assert claimed == ["1.1", "1.2", "1.3"]
+    queue.advance("1.4", InstanceState.DECODED)
+    queue.quarantine("1.3", "per-instance timeout")  # set aside while its findings were being made
+    results = queue.record_findings_batch(
+        [
+            ("1.1", [make_finding("1.1", 0), make_finding("1.1", 1)]),
+            ("1.2", []),
+            ("1.3", [make_finding("1.3")]),
+            ("1.4", [make_finding("1.4")]),
+            ("1.5", [make_finding("1.5")]),
+            ("9.9", [make_finding("9.9")]),
+        ],
+        worker="decoder",
+    )
+    assert results[:2] == [2, 0] and results[3] == 1
+    refusals = ((2, "quarantined meanwhile"), (4, "from received to analysed"), (5, "not in the work queue"))
+    for index, message in refusals:
+        assert isinstance(results[index], WorkQueueError) and message in str(results[index]), results[index]
+    states = {sop: queue.get(sop).state for sop in ("1.1", "1.2", "1.3", "1.4", "1.5")}
+    assert states == {
+        "1.1": InstanceState.ANALYSED,
+        "1.2": InstanceState.REPORTED,  # no finding: nothing to wait for
+        "1.3": InstanceState.QUARANTINED,
+        "1.4": InstanceState.ANALYSED,
+        "1.5": InstanceState.RECEIVED,
+    }
+    assert queue.get("1.1").worker is None and queue.get("1.1").lease_until is None
+    # Refused items left nothing behind; the recorded ones got contiguous sequence numbers.
+    assert [(e.sop_instance_uid, e.seq) for e in queue.findings()] == [("1.1", 0), ("1.1", 1), ("1.4", 2)]
+    # A redo after a crash adds nothing and moves nothing back.
+    assert queue.record_findings_batch([("1.1", [make_finding("1.1", 0), make_finding("1.1", 1)])]) == [0]
+    assert len(queue.findings()) == 3 and queue.get("1.1").state is InstanceState.ANALYSED
+    assert queue.record_findings_batch([]) == []
+
+
+def test_record_findings_batch_respects_the_claim(queue: WorkQueue) -> None:
+    add(queue, "1.1")
+    queue.claim_next("received", "decoder")
+    (result,) = queue.record_findings_batch([("1.1", [make_finding("1.1")])], worker="another")
+    assert isinstance(result, WorkQueueError) and "claimed by decoder" in str(result)
+    assert queue.findings() == [] and queue.get("1.1").state is InstanceState.DECODING
+
+
 def test_transitions_the_state_machine_refuses(queue: WorkQueue) -> None:
     add(queue, "1.1")
     with pytest.raises(WorkQueueError, match="from received to reported"):
