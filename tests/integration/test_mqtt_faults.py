@@ -35,8 +35,9 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
+from dashboard.fleet import fleet_health
 from dashboard.ingest import IngestService
-from dashboard.settings import DashboardConfig
+from dashboard.settings import DashboardConfig, FleetSection
 from dashboard.store import DeadLetterReason, Device, DeviceState, Finding, create_store
 from firmware_integration.broker import (
     AuthMode,
@@ -344,6 +345,42 @@ def test_status_offline_within_1_5_keepalive_after_a_network_cut_and_online_on_r
         budget = 1.5 * KEEPALIVE_S + OFFLINE_ALLOWANCE_S
         if offline_after > budget:  # checked last, so that the reconnect above is checked in any case
             raise OfflineTooLate(f"offline {offline_after:.2f} s after the cut; the budget is {budget:.2f} s")
+    finally:
+        view.close()
+
+
+def test_the_fleet_view_shows_offline_within_1_5_keepalive_after_a_network_cut(scene: Scene) -> None:
+    """What staff see: the dashboard's own silence check, independent of when the broker fires the will.
+
+    The appliance heartbeats more often than its keep-alive, so the dashboard
+    (``[fleet]`` keep-alive and heartbeat period as the appliance's) shows it
+    offline once it has been silent for 1.5x the keep-alive.
+    """
+    fleet = FleetSection(keepalive_s=KEEPALIVE_S, heartbeat_interval_s=2.0)
+    view = StoreView(scene.dashboard)
+
+    def shown() -> str | None:
+        with view.store.session() as session:
+            devices = fleet_health(session, silent_after_s=fleet.silent_after_s)
+        return next((d.liveness.state for d in devices if (d.site, d.device) == (SITE, DEVICE)), None)
+
+    try:
+        with TcpProxy(scene.broker.port) as proxy, IngestService(scene.dashboard) as ingest:
+            assert ingest.wait_ready(20)
+            config = scene.with_mqtt(
+                port=proxy.port, keepalive_s=KEEPALIVE_S, heartbeat_interval_s=2.0, connect_timeout_s=2.0
+            )
+            with Appliance(config, trusted=scene.trusted, dicom_port=0) as appliance:
+                assert appliance.reporter is not None and appliance.reporter.wait_connected(20)
+                _wait(lambda: shown() == "online", 20, "the appliance online on the fleet view")
+                time.sleep(2.5)  # a heartbeat has arrived: the last message is recent
+                proxy.cut()
+                cut = time.monotonic()
+                offline_after = _wait(lambda: shown() == "offline", 30, "offline on the fleet view") - cut
+                proxy.restore()
+                _wait(lambda: shown() == "online", 30, "online again on the fleet view")
+        log.info("fleet view: offline %.2f s after the cut", offline_after)
+        assert offline_after <= 1.5 * KEEPALIVE_S + OFFLINE_ALLOWANCE_S
     finally:
         view.close()
 
