@@ -221,6 +221,21 @@ class Appliance:
         trusted = self._trusted
         if trusted is None:
             trusted = TrustStore.load(self.config.packages.trusted_keys_dir)
+        if self._report:
+            # Made before the packages load, so that their start-up events (package-live, package-refused,
+            # engine-degraded) go into the durable outbox like every later one; it connects at start().
+            self.reporter = Reporter(
+                self.config,
+                self.queue,
+                heartbeat=self.heartbeat,
+                status_packages=self.package_refs,
+                commands={
+                    "report-config": self._report_config,
+                    "activate-package": self._activate_package,
+                    "selftest": self._selftest,
+                },
+                on_event=self._emit,
+            )
         self.packages = PackageSet(
             self.config.packages.dir,
             trusted,
@@ -237,19 +252,7 @@ class Appliance:
                 unreleased_timeout_s=self.config.dicom.unreleased_timeout_s,
             )
         log.info("resumed: %s", resumed)
-        if self._report:
-            self.reporter = Reporter(
-                self.config,
-                self.queue,
-                heartbeat=self.heartbeat,
-                status_packages=self.package_refs,
-                commands={
-                    "report-config": self._report_config,
-                    "activate-package": self._activate_package,
-                    "selftest": self._selftest,
-                },
-                on_event=self._emit,
-            )
+        if self.reporter is not None:
             self.reporter.start()
         self.progress.expect("supervisor", within_s=5.0)
         roles = ["decode", "infer", "commit", "remove", "watchdog"] + (["series"] if self.series is not None else [])
@@ -642,51 +645,61 @@ class Appliance:
                 log.exception("series analysis failed")
 
     def _analyse_series(self, claim: SeriesClaim) -> None:
-        """One finding per package the complete series is routed to, from its slices in order."""
-        with self._packages_lock:
-            self._analyse_series_locked(claim)
+        """One finding per package the complete series is routed to, from its slices in order.
 
-    def _analyse_series_locked(self, claim: SeriesClaim) -> None:
+        Each slice is read once for all its packages. The packages lock is held
+        per slice, not for the whole series, so instance inference goes on
+        meanwhile; a package swapped out mid-series (activate-package) aborts
+        the analysis, and the series is claimed again after its lease.
+        """
         assert self.series is not None and self.router is not None
         uid = claim.series_instance_uid
         info = self.series.get(uid)
-        live = self.packages.live
+        with self._packages_lock:
+            live = dict(self.packages.live)
         names = [] if info is None else self.router.route(info.routing_subject(), live=live.keys())
-        slices = self.series.slices(uid)
-        findings = []
-        for name in names:
-            package = live[name]
-            results: list[tuple[Path, Analysis]] = []
-            stage_ms: dict[str, float] = defaultdict(float)
-            for image in slices:
-                if image.spool_path is None or not image.spool_path.exists():
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    ds = read_instance(image.spool_path, self.limits)
-                    stage_ms["decode"] += (time.perf_counter() - t0) * 1e3
-                    analyses = package.analyzer.analyze(ds)
-                except (DicomInputError, PreprocessingError) as exc:
-                    log.warning("series %s: slice %s skipped: %s", uid, image.sop_instance_uid, exc)
-                    continue
+        results: dict[str, list[tuple[Path, Analysis]]] = {name: [] for name in names}
+        stage_ms: dict[str, dict[str, float]] = {name: defaultdict(float) for name in names}
+        for image in self.series.slices(uid) if names else []:
+            if image.spool_path is None or not image.spool_path.exists():
+                continue
+            t0 = time.perf_counter()
+            try:
+                ds = read_instance(image.spool_path, self.limits)
+            except DicomInputError as exc:
+                log.warning("series %s: slice %s skipped: %s", uid, image.sop_instance_uid, exc)
+                continue
+            decode_ms = (time.perf_counter() - t0) * 1e3
+            for name in names:
+                with self._packages_lock:
+                    if self.packages.live.get(name) is not live[name]:
+                        raise EngineError(f"package {name} changed while series {uid} was analysed; it is retried")
+                    try:
+                        analyses = live[name].analyzer.analyze(ds)
+                    except PreprocessingError as exc:
+                        log.warning("series %s: slice %s skipped by %s: %s", uid, image.sop_instance_uid, name, exc)
+                        continue
+                stage_ms[name]["decode"] += decode_ms
                 for analysis in analyses:
                     for stage, value in analysis.latency_ms.items():
-                        stage_ms[stage] += value
-                    results.append((image.spool_path, analysis))
-            if not results:
+                        stage_ms[name][stage] += value
+                    results[name].append((image.spool_path, analysis))
+        findings = []
+        for name in names:
+            if not results[name]:
                 log.warning("series %s: no slice could be analysed by %s", uid, name)
                 continue
-            index, result = series_result([analysis.result for _, analysis in results])
-            drifts = [analysis.drift for _, analysis in results if analysis.drift is not None]
-            path, deciding = results[index]
+            index, result = series_result([analysis.result for _, analysis in results[name]])
+            drifts = [analysis.drift for _, analysis in results[name] if analysis.drift is not None]
+            path, deciding = results[name][index]
             whole = Analysis(
                 deciding.frame,
                 result,
-                {stage: round(value, 3) for stage, value in stage_ms.items()},
+                {stage: round(value, 3) for stage, value in stage_ms[name].items()},
                 statistics.median(drifts) if drifts else None,
             )
             header = pydicom.dcmread(path, stop_before_pixels=True)  # the deciding slice names the finding
-            findings += self._findings(header, [whole], package, {}, series=True)
+            findings += self._findings(header, [whole], live[name], {}, series=True)
         self.queue.record_series_findings(claim, findings)
         for image in self.series.slices(uid, include_set_aside=True):
             if image.spool_path is not None and image.state in (InstanceState.ANALYSED, InstanceState.REPORTED):

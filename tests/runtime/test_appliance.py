@@ -299,3 +299,10 @@ def test_a_file_left_behind_by_a_crash_after_the_commit_is_swept_at_start(instal
         time.sleep(0.5)
         assert len(appliance.queue.findings()) == 1
         assert appliance.queue.get(uid).state in ("analysed", "reported")
+
+
+def test_start_up_events_go_into_the_durable_outbox(installed, tmp_path: Path) -> None:
+    packages, trusted, _ = installed
+    with Appliance(_config(tmp_path, packages), trusted=trusted) as appliance:
+        kinds = [json.loads(entry.payload)["kind"] for entry in appliance.queue.pending_messages(limit=1000)]
+    assert "package-live" in kinds  # emitted while the packages load, before the reporter connects
