@@ -968,11 +968,7 @@ class WorkQueue:
 
     def pending(self, limit: int = 100) -> list[OutboxEntry]:
         """Findings waiting to be sent, in sequence order."""
-        with self.transaction() as db:
-            rows = db.execute(
-                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE state = 'pending' ORDER BY seq LIMIT ?", (max(0, limit),)
-            ).fetchall()
-        return [_outbox(row) for row in rows]
+        return self.pending_after(-1, limit)
 
     def findings(self, sop_instance_uid: str | None = None) -> list[OutboxEntry]:
         """Every finding in the outbox (of one instance, if given), in sequence order."""
@@ -988,16 +984,7 @@ class WorkQueue:
 
     def mark_sent(self, finding_ids: Iterable[str]) -> int:
         """Mark pending findings as published (not yet acknowledged); returns how many changed."""
-        ids = list(finding_ids)
-        now = self.now()
-        with self.transaction() as db:
-            return sum(
-                db.execute(
-                    "UPDATE outbox SET state = 'sent', sent_at = ? WHERE finding_id = ? AND state = 'pending'",
-                    (now, finding_id),
-                ).rowcount
-                for finding_id in ids
-            )
+        return self.mark_sent_batch(finding_ids)
 
     def mark_acked(self, finding_ids: Iterable[str]) -> int:
         """Mark findings the dashboard committed; an instance whose findings are all acknowledged becomes reported.
@@ -1007,37 +994,7 @@ class WorkQueue:
         Returns:
             How many findings changed.
         """
-        ids = list(finding_ids)
-        now = self.now()
-        changed = 0
-        with self.transaction() as db:
-            instances: set[str] = set()
-            for finding_id in ids:
-                row = db.execute(
-                    "SELECT sop_instance_uid FROM outbox WHERE finding_id = ? AND state != 'acked'", (finding_id,)
-                ).fetchone()
-                if row is None:
-                    continue
-                db.execute("UPDATE outbox SET state = 'acked', acked_at = ? WHERE finding_id = ?", (now, finding_id))
-                changed += 1
-                if row[0] is not None:
-                    instances.add(row[0])
-            for sop in instances:
-                db.execute(
-                    "UPDATE instances SET state = 'reported', updated_at = ? WHERE sop_instance_uid = ?"
-                    " AND state = 'analysed' AND NOT EXISTS"
-                    " (SELECT 1 FROM outbox WHERE sop_instance_uid = ? AND state != 'acked')",
-                    (now, sop, sop),
-                )
-        return changed
-
-    def requeue_sent(self, older_than_s: float) -> int:
-        """Send again findings published more than ``older_than_s`` ago and still not acknowledged."""
-        with self.transaction() as db:
-            return db.execute(
-                "UPDATE outbox SET state = 'pending', sent_at = NULL WHERE state = 'sent' AND sent_at < ?",
-                (self.now() - older_than_s,),
-            ).rowcount
+        return self.mark_acked_batch(finding_ids)[0]
 
     def depth(self) -> int:
         """Findings not yet acknowledged (pending or sent)."""
@@ -1116,7 +1073,7 @@ class WorkQueue:
         return [_message_entry(row) for row in rows]
 
     def mark_sent_batch(self, finding_ids: Iterable[str] = (), message_ids: Iterable[str] = ()) -> int:
-        """:meth:`mark_sent` for findings and other messages together, in one transaction (one per PUBACK batch).
+        """Mark pending findings and other messages as published, in one transaction (one per PUBACK batch).
 
         Only pending ones change (an id acknowledged meanwhile stays acknowledged).
 
@@ -1139,7 +1096,7 @@ class WorkQueue:
         """The ids a dashboard Ack names, findings and other messages mixed, in one transaction.
 
         Findings become ``acked`` and an instance whose findings are all
-        acknowledged becomes ``reported`` (as :meth:`mark_acked`); events and
+        acknowledged becomes ``reported``; events and
         command results are deleted. Unknown and repeated ids are ignored
         (acks repeat).
 

@@ -372,9 +372,9 @@ def test_outbox_pending_sent_acked(queue: WorkQueue, clock: FakeClock) -> None:
 
     queue.mark_sent(ids[2:])
     clock.t += 30
-    assert queue.requeue_sent(60) == 0
+    assert queue.requeue_unacknowledged(60) == 0
     clock.t += 31
-    assert queue.requeue_sent(60) == 1
+    assert queue.requeue_unacknowledged(60) == 1
     assert [e.finding_id for e in queue.pending()] == ids[2:]
     queue.mark_acked(ids[2:])
     assert queue.get("1.2").state is InstanceState.REPORTED and queue.depth() == 0
