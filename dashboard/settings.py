@@ -41,6 +41,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from sdk.broker_connection import BrokerConnection
 from sdk.config_files import load_toml_model
 
 __all__ = ["DashboardConfig", "FleetSection", "MqttSection", "StoreSection", "WebSection", "load_dashboard_config"]
@@ -83,23 +84,15 @@ class StoreSection(_Section):
         return value
 
 
-class MqttSection(_Section):
+class MqttSection(BrokerConnection):
     """The broker connection and how the ingest consumes it."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8883, ge=1, le=65535)
-    keepalive_s: int = Field(default=30, ge=5, le=3600)
     client_id: str = Field(
         default_factory=_default_client_id,
         min_length=1,
         max_length=64,
         description="unique per dashboard process and stable across its restarts (the broker keeps its session)",
     )
-    username: str | None = None
-    password_file: Path | None = None
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
     share_group: str = Field(
         default="medge-dashboard", pattern=_SEGMENT, description="dashboard processes in one group split the load"
     )
@@ -119,18 +112,6 @@ class MqttSection(_Section):
         le=65535,
         description="uncommitted QoS 1 messages the broker may have in flight to this process (MQTT 5 Receive Maximum)",
     )
-
-    @property
-    def uses_tls(self) -> bool:
-        return self.ca_file is not None
-
-    @model_validator(mode="after")
-    def _cert_needs_key(self) -> MqttSection:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("mqtt.cert_file and mqtt.key_file go together")
-        if self.cert_file is not None and self.ca_file is None:
-            raise ValueError("mqtt.cert_file needs mqtt.ca_file (a client certificate is only sent over TLS)")
-        return self
 
 
 def _is_loopback(host: str) -> bool:
@@ -249,10 +230,8 @@ class DashboardConfig(BaseSettings):
     def _refuse_unsafe(self) -> DashboardConfig:
         if self.demo:
             return self
-        if self.mqtt.username is None and self.mqtt.cert_file is None:
-            raise ValueError("mqtt needs a username/password_file or a client certificate (anonymous is demo-only)")
-        if self.mqtt.username is not None and self.mqtt.password_file is None:
-            raise ValueError("mqtt.username is set but mqtt.password_file is not")
+        if (problem := self.mqtt.credentials_problem()) is not None:
+            raise ValueError(problem)
         web = self.web
         if not (web.is_loopback or web.uses_tls or web.behind_https_proxy):
             raise ValueError(

@@ -54,7 +54,7 @@ from device_profiles import DeviceProfile, HostFacts, detect_host, get_profile, 
 from runtime.ingest.sockets import nodelay_evt_handlers, set_tcp_nodelay
 from runtime.packages import PackageSet, RefusedPackage
 from sdk.appliance_config import ApplianceConfig
-from sdk.errors import MedgeError
+from sdk.errors import ConfigError, MedgeError
 from sdk.messages import Event
 from sdk.topics import TopicKind, topic
 from sdk.trust import TrustStore
@@ -992,38 +992,25 @@ class _BrokerProbe:
         return True
 
     def _tls(self) -> ssl.SSLContext | None:
-        section = self.section
-        if section.ca_file is None:
-            return None
         try:
-            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(section.ca_file))
-        except (OSError, ssl.SSLError) as exc:
-            raise _Refused(
-                f"cannot load mqtt.ca_file {section.ca_file}: {exc}",
-                "Install ca.crt from the device's credential bundle where mqtt.ca_file points.",
-            ) from exc
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if section.cert_file is not None:
-            try:
-                context.load_cert_chain(
-                    str(section.cert_file), None if section.key_file is None else str(section.key_file)
-                )
-            except (OSError, ssl.SSLError) as exc:
+            return self.section.ssl_context()
+        except ConfigError as exc:
+            if exc.field == "mqtt.ca_file":
                 raise _Refused(
-                    f"cannot load the device certificate {section.cert_file}: {exc}",
-                    "Install client.crt and client.key from the device's credential bundle.",
+                    f"cannot load mqtt.ca_file {self.section.ca_file}: {exc.message}",
+                    "Install ca.crt from the device's credential bundle where mqtt.ca_file points.",
                 ) from exc
-        return context
+            raise _Refused(
+                f"cannot load the device certificate {self.section.cert_file}: {exc.message}",
+                "Install client.crt and client.key from the device's credential bundle.",
+            ) from exc
 
     def _password(self) -> str | None:
-        path = self.section.password_file
-        if path is None:
-            return None
         try:
-            return path.read_text(encoding="utf-8").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
+            return self.section.password()
+        except ConfigError as exc:
             raise _Refused(
-                f"cannot read mqtt.password_file {path}: {exc}",
+                f"cannot read mqtt.password_file {self.section.password_file}: {exc.message}",
                 "Install the password file from the device's credential bundle, readable by the service's user.",
             ) from exc
 

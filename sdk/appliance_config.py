@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from sdk.broker_connection import BrokerConnection
 from sdk.config_files import load_toml_model
 from sdk.routing import RoutingSection
 
@@ -64,7 +65,7 @@ class DicomSection(_Section):
     )
 
 
-class MqttSection(_Section):
+class MqttSection(BrokerConnection):
     """The broker connection and how the reporter uses it.
 
     The defaults suit a hospital network where the broker or the dashboard
@@ -73,14 +74,6 @@ class MqttSection(_Section):
     reconnects that back off to a minute.
     """
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8883, ge=1, le=65535)
-    keepalive_s: int = Field(default=30, ge=5, le=3600)
-    username: str | None = None
-    password_file: Path | None = None
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
     client_id: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
@@ -123,20 +116,12 @@ class MqttSection(_Section):
         default=3600.0, ge=0, description="acknowledged findings stay in the outbox this long (for inspection)"
     )
 
-    @property
-    def uses_tls(self) -> bool:
-        return self.ca_file is not None
-
     @model_validator(mode="after")
     def _check(self) -> MqttSection:
         if self.reconnect_min_s > self.reconnect_max_s:
             raise ValueError(
                 f"mqtt.reconnect_min_s ({self.reconnect_min_s}) exceeds reconnect_max_s ({self.reconnect_max_s})"
             )
-        if (self.cert_file is not None or self.key_file is not None) and self.ca_file is None:
-            raise ValueError("mqtt.cert_file/key_file need mqtt.ca_file (a client certificate only makes sense on TLS)")
-        if self.key_file is not None and self.cert_file is None:
-            raise ValueError("mqtt.key_file is set but mqtt.cert_file is not")
         return self
 
 
@@ -182,10 +167,8 @@ class ApplianceConfig(BaseSettings):
     def _refuse_unsafe(self) -> ApplianceConfig:
         if self.appliance.demo:
             return self
-        if self.mqtt.username is None and self.mqtt.cert_file is None:
-            raise ValueError("mqtt needs a username/password_file or a client certificate (anonymous is demo-only)")
-        if self.mqtt.username is not None and self.mqtt.password_file is None:
-            raise ValueError("mqtt.username is set but mqtt.password_file is not")
+        if (problem := self.mqtt.credentials_problem()) is not None:
+            raise ValueError(problem)
         if not self.dicom.allowed_calling_aes:
             raise ValueError(
                 "dicom.allowed_calling_aes is empty: list the scanners' AE titles (open to all is demo-only)"

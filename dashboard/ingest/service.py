@@ -29,7 +29,6 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -44,7 +43,6 @@ from dashboard.ingest.writer import BatchResult, BatchWriter, StoreUnavailable
 from dashboard.settings import DashboardConfig
 from dashboard.store.engine import Store, create_store
 from dashboard.store.models import DeadLetterReason, Device
-from sdk.errors import ConfigError
 from sdk.messages import Ack, Command
 from sdk.topics import ROOT, TopicKind, device_filter, topic
 
@@ -98,13 +96,6 @@ class _Received:
     qos: int
     connection: int  # which connection it came on: a PUBACK is only meaningful on that one
     at: float  # time.monotonic() at receipt
-
-
-def _read_secret(path: Path, what: str, field: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {what}: {exc}", path=path, field=field) from exc
 
 
 class IngestService:
@@ -264,20 +255,11 @@ class IngestService:
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
-        if config.ca_file is not None:
-            try:
-                client.tls_set(
-                    ca_certs=str(config.ca_file),
-                    certfile=None if config.cert_file is None else str(config.cert_file),
-                    keyfile=None if config.key_file is None else str(config.key_file),
-                )
-            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-                raise ConfigError(f"cannot use the TLS files: {exc}", path=config.ca_file, field="mqtt") from exc
+        context = config.ssl_context()
+        if context is not None:
+            client.tls_set_context(context)
         if config.username is not None:
-            password = None
-            if config.password_file is not None:
-                password = _read_secret(config.password_file, "MQTT password", "mqtt.password_file")
-            client.username_pw_set(config.username, password)
+            client.username_pw_set(config.username, config.password())
         client.reconnect_delay_set(1, config.reconnect_max_s)
         client.max_inflight_messages_set(1000)  # our Acks: one per device per batch
         client.on_socket_open = self._on_socket_open

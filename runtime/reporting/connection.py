@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import select
 import socket
-import ssl
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -31,7 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from sdk.appliance_config import MqttSection
-from sdk.errors import ConfigError, MedgeError
+from sdk.errors import MedgeError
 
 __all__ = ["BrokerConnectionError", "Connector", "loop_once", "set_tcp_nodelay"]
 
@@ -72,36 +71,6 @@ def _on_socket_open(client: mqtt.Client, userdata: object, sock: Any) -> None:
     set_tcp_nodelay(sock)
 
 
-def _tls_context(section: MqttSection) -> ssl.SSLContext | None:
-    if section.ca_file is None:
-        return None
-    try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(section.ca_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the broker CA: {exc}", path=section.ca_file, field="mqtt.ca_file") from exc
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if section.cert_file is not None:
-        key = None if section.key_file is None else str(section.key_file)
-        try:
-            context.load_cert_chain(str(section.cert_file), key)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"cannot load the device certificate or key: {exc}", path=section.cert_file, field="mqtt.cert_file"
-            ) from exc
-    return context
-
-
-def _password(section: MqttSection) -> str | None:
-    if section.password_file is None:
-        return None
-    try:
-        return section.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"cannot read the broker password: {exc}", path=section.password_file, field="mqtt.password_file"
-        ) from exc
-
-
 class Connector:
     """Makes and connects one configured paho client per connection attempt.
 
@@ -119,8 +88,8 @@ class Connector:
     def __init__(self, section: MqttSection, client_id: str) -> None:
         self.section = section
         self.client_id = client_id
-        self._tls = _tls_context(section)
-        self._password = _password(section)
+        self._tls = section.ssl_context()
+        self._password = section.password()
 
     def client(self, will_topic: str, will_payload: bytes) -> mqtt.Client:
         """A new client (not connected) with credentials, TLS, the retained will and TCP_NODELAY set."""
