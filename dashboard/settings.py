@@ -37,12 +37,12 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from sdk.broker_connection import BrokerConnection
-from sdk.config_files import load_toml_model
+from sdk.config_files import FileSettings, load_toml_model
 
 __all__ = ["DashboardConfig", "FleetSection", "MqttSection", "StoreSection", "WebSection", "load_dashboard_config"]
 
@@ -195,7 +195,7 @@ class FleetSection(_Section):
         return 1.5 * max(self.keepalive_s, self.heartbeat_interval_s)
 
 
-class DashboardConfig(BaseSettings):
+class DashboardConfig(FileSettings):
     """The whole dashboard config; see the module docstring for overrides."""
 
     model_config = SettingsConfigDict(env_prefix="MEDGE_DASHBOARD_", env_nested_delimiter="__", extra="forbid")
@@ -206,18 +206,6 @@ class DashboardConfig(BaseSettings):
     mqtt: MqttSection = MqttSection()
     web: WebSection = WebSection()
     fleet: FleetSection = FleetSection()
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The file arrives as init kwargs; the environment must win over it.
-        return (env_settings, init_settings)
 
     @property
     def store_url(self) -> str:

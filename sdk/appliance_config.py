@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from sdk.broker_connection import BrokerConnection
-from sdk.config_files import load_toml_model
+from sdk.config_files import FileSettings, load_toml_model
 from sdk.routing import RoutingSection
 
 __all__ = [
@@ -139,7 +139,7 @@ class PhiSection(_Section):
     site_key_file: Path | None = None
 
 
-class ApplianceConfig(BaseSettings):
+class ApplianceConfig(FileSettings):
     """The whole appliance config; see the module docstring for overrides."""
 
     model_config = SettingsConfigDict(env_prefix="MEDGE_", env_nested_delimiter="__", extra="forbid")
@@ -150,18 +150,6 @@ class ApplianceConfig(BaseSettings):
     packages: PackagesSection = PackagesSection()
     phi: PhiSection = PhiSection()
     routing: RoutingSection = RoutingSection()
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The file arrives as init kwargs; the environment must win over it.
-        return (env_settings, init_settings)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> ApplianceConfig:

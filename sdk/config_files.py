@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from sdk.errors import ConfigError, MedgeError
 
-__all__ = ["config_error_from_validation", "load_toml_model", "read_toml"]
+__all__ = ["FileSettings", "config_error_from_validation", "load_toml_model", "read_toml"]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 ErrorT = TypeVar("ErrorT", bound=MedgeError)
@@ -67,3 +68,19 @@ def load_toml_model(
         return model(**data)
     except ValidationError as exc:
         raise config_error_from_validation(exc, path, error=error) from exc
+
+
+class FileSettings(BaseSettings):
+    """Settings read from a TOML file (:func:`load_toml_model`) where the environment wins over the file."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file arrives as init kwargs; the environment must win over it.
+        return (env_settings, init_settings)
