@@ -66,6 +66,7 @@ from runtime.packages import EventSink, LivePackage, PackageSet
 from runtime.postprocess import series_result
 from runtime.reporting import Reporter
 from runtime.sd_notify import ProgressMonitor
+from runtime.selftest import SelfTest
 from runtime.series import SeriesInstance, SeriesTracker
 from runtime.spool import IngestSource, Spool, SpoolFullError, StoredInstance
 from runtime.work_queue import AddResult, InstanceRecord, InstanceState, SeriesClaim, WorkQueue
@@ -849,13 +850,14 @@ class Appliance:
         return {"live": [ref.model_dump(mode="json") for ref in live]}
 
     def _selftest(self, command: Command) -> dict[str, object]:
-        """The appliance's readiness checks and the golden samples of every live package, run now."""
-        problems = self._readiness()
-        golden = {}
-        with self._packages_lock:
-            for package in self.packages.live.values():
-                report = package.analyzer.check_golden()
-                golden[package.name] = {"passed": report.passed, "total": report.total, "worst": report.worst_delta}
-                if not report.ok:
-                    problems.append(f"{package.name}: golden samples {report.passed}/{report.total}")
-        return {"ok": not problems, "problems": problems, "golden": golden}
+        """``medge selftest``'s checklist, run inside the service (the C-ECHO goes to the port it listens on).
+
+        The broker check is left out: the command came over the broker, and
+        checking would connect as this device and push the reporter's own
+        connection off the broker.
+        """
+        config = self.config
+        if self.scp is not None:
+            config = config.model_copy(update={"dicom": config.dicom.model_copy(update={"port": self.scp.port})})
+        report = SelfTest(config, trusted=self._trusted).run(skip=("broker",))
+        return report.model_dump(mode="json")

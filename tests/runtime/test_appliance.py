@@ -20,7 +20,7 @@ from runtime.appliance import Appliance
 from runtime.ingest.sockets import nodelay_evt_handlers
 from sdk.appliance_config import ApplianceConfig
 from sdk.errors import DicomInputError
-from sdk.messages import finding_id, parse_message
+from sdk.messages import Command, finding_id, parse_message
 from sdk.routing import RoutingRule, RoutingSection
 from sdk.testing import PhantomSpec, generate_studies
 
@@ -306,3 +306,19 @@ def test_start_up_events_go_into_the_durable_outbox(installed, tmp_path: Path) -
     with Appliance(_config(tmp_path, packages), trusted=trusted) as appliance:
         kinds = [json.loads(entry.payload)["kind"] for entry in appliance.queue.pending_messages(limit=1000)]
     assert "package-live" in kinds  # emitted while the packages load, before the reporter connects
+
+
+def test_the_selftest_command_runs_the_selftest_checklist_against_the_running_service(
+    installed, tmp_path: Path
+) -> None:
+    packages, trusted, _ = installed
+    config = _config(tmp_path, packages)
+    config = config.model_copy(
+        update={"dicom": config.dicom.model_copy(update={"allowed_calling_aes": ["MEDGE-SELFTEST"]})}
+    )
+    with Appliance(config, trusted=trusted, dicom_port=0) as appliance:
+        answer = appliance._selftest(Command(site="st-marys", device="ct-1", command="selftest"))
+    checks = {check["key"]: check["status"] for check in answer["checks"]}
+    assert "broker" not in checks  # the command came over the broker
+    assert checks["dicom"] == "pass"  # the C-ECHO reached the port the service listens on
+    assert [status for key, status in checks.items() if key.startswith("package")] == ["pass"]
