@@ -420,12 +420,12 @@ class Appliance:
 
     # -- the pipeline ----------------------------------------------------------------------------------------------
 
-    def _routes(self, ds: Dataset) -> list[LivePackage]:
+    def _routes(self, ds: Dataset, subject: RoutingSubject | None = None) -> list[LivePackage]:
         live = self.packages.live
         if self.router is None:
             modality = str(ds.get("Modality", ""))
             return [p for p in live.values() if modality in p.manifest.model.preprocessing.modalities]
-        subject = RoutingSubject.from_dataset(ds, keywords=self.router.keywords)
+        subject = subject or RoutingSubject.from_dataset(ds, keywords=self.router.keywords)
         return [live[name] for name in self.router.route(subject, live=live.keys()) if name in live]
 
     def _set_aside(self, record: InstanceRecord, reason: str) -> None:
@@ -451,10 +451,12 @@ class Appliance:
         try:
             ds = read_instance(Path(record.spool_path), self.limits)
             t1 = time.perf_counter()
+            subject = None
             if self.series is not None:
                 instance = SeriesInstance.from_dataset(ds, keywords=self.router.keywords if self.router else ())
                 keep_file = self.series.instance_added(instance)
-            routed = self._routes(ds)
+                subject = RoutingSubject("instance", instance.attributes, instance.frames)  # attributes read once
+            routed = self._routes(ds, subject)
             prepared = {package.name: package.analyzer.prepare(ds) for package in routed}
         except (DicomInputError, PreprocessingError) as exc:
             self._set_aside(record, str(exc))
