@@ -14,8 +14,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from dashboard.settings import DashboardConfig
 from sdk.messages import Ack, Finding, PackageRef, Status, parse_message
+from sdk.testing.mosquitto import MosquittoBroker
 from sdk.topics import TopicKind, topic
-from tests.mqtt_broker import MosquittoBroker
 
 PACKAGE = PackageRef(name="chest-ct", version="1.2.0", precision="int8", profile="intel-xeon", sha256="a" * 64)
 

@@ -1,6 +1,6 @@
 """The shipped broker configuration against a real Mosquitto (firmware_integration/broker).
 
-Each broker runs the rendered ``conf.d/medge.conf`` through tests/mqtt_broker.py
+Each broker runs the rendered ``conf.d/medge.conf`` through sdk.testing.mosquitto
 on a free loopback port, with a test CA made here with ``cryptography`` (not
 with the code under test). Clients are paho MQTT 5 clients driven from the
 test's thread, so every wait is explicit and bounded.
@@ -48,8 +48,8 @@ from firmware_integration.broker import (
     remove_device,
     write_broker_config,
 )
+from sdk.testing.mosquitto import MosquittoBroker, free_port
 from sdk.topics import TopicKind, topic
-from tests.mqtt_broker import MosquittoBroker, free_port
 
 SITE_A, SITE_B, DEVICE = "site-a", "site-b", "scanner-1"  # the same device name at two sites
 A, B = (SITE_A, DEVICE), (SITE_B, DEVICE)

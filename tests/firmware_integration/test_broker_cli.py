@@ -7,8 +7,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from sdk.cli.main import app
+from sdk.testing.mosquitto import free_port
 from tests.firmware_integration.test_broker import ACCEPTED, Identity, Reason, peer_pool, start_broker
-from tests.mqtt_broker import free_port
 
 runner = CliRunner()
 

@@ -23,7 +23,7 @@ from dashboard.store import Finding as StoredFinding
 from runtime.appliance import Appliance
 from sdk.appliance_config import ApplianceConfig
 from sdk.testing import PhantomSpec, generate_studies
-from tests.mqtt_broker import MosquittoBroker
+from sdk.testing.mosquitto import MosquittoBroker
 
 STORESCU = "/usr/bin/storescu"
 

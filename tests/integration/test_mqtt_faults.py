@@ -52,10 +52,10 @@ from sdk.appliance_config import ApplianceConfig
 from sdk.messages import Finding as FindingMessage
 from sdk.messages import PackageRef
 from sdk.testing import PhantomSpec, generate_studies
+from sdk.testing.mosquitto import MOSQUITTO, MosquittoBroker, free_port
 from sdk.topics import TopicKind, topic
 from sdk.trust import TrustStore
 from tests.integration.tcp_proxy import TcpProxy
-from tests.mqtt_broker import MOSQUITTO, MosquittoBroker, free_port
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,14 +17,9 @@ import pydicom
 import pytest
 
 from sdk.testing import PhantomSpec, generate_studies
+from sdk.testing.mosquitto import free_port
 
 ROUNDS = 6
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +31,7 @@ def site(reference_packages, tmp_path_factory: pytest.TempPathFactory):
     reference_packages.build(root / "packages" / "chest-ct-nodule.medge")
     truths = generate_studies(root / "studies", 4, PhantomSpec(slices=10), seed=99)
     files = [root / "studies" / str(t.folder) / str(s.file) for t in truths for s in t.series[0].slices]
-    dicom_port, health_port = _free_port(), _free_port()
+    dicom_port, health_port = free_port(), free_port()
     config = root / "appliance.toml"
     config.write_text(
         f"""

@@ -15,7 +15,7 @@ from runtime.ingest.sockets import nodelay_evt_handlers
 from sdk.appliance_config import ApplianceConfig
 from sdk.errors import MedgeError
 from sdk.testing import PhantomSpec, generate_studies
-from tests.mqtt_broker import free_port
+from sdk.testing.mosquitto import free_port
 
 
 def test_a_full_outbox_refuses_new_instances_and_keeps_every_finding(reference_packages, tmp_path: Path) -> None:

@@ -40,8 +40,8 @@ from runtime.work_queue import InstanceState, OutboxState, WorkQueue
 from sdk.appliance_config import ApplianceConfig
 from sdk.errors import ConfigError
 from sdk.messages import Ack, Command, CommandResult, Event, Finding, PackageRef, finding_id
+from sdk.testing.mosquitto import MosquittoBroker, free_port
 from sdk.topics import TopicKind, topic
-from tests.mqtt_broker import MosquittoBroker, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SITE, DEVICE = "site-a", "dev-1"

@@ -39,8 +39,8 @@ from runtime.selftest import (
 )
 from sdk.appliance_config import ApplianceConfig
 from sdk.signing import generate_keypair
+from sdk.testing.mosquitto import MosquittoBroker, free_port
 from sdk.topics import TopicKind, topic
-from tests.mqtt_broker import MosquittoBroker, free_port
 
 SITE, DEVICE = "st-marys", "ct-1"
 OTHER = "ct-9"  # a second registered device no running appliance uses: tests that connect as a device use it

@@ -29,9 +29,9 @@ from dashboard.store import DeadLetter, Device, DeviceState, Event, Finding, Fin
 from sdk.messages import CommandResult, Status
 from sdk.messages import Event as EventMessage
 from sdk.messages import Heartbeat as HeartbeatMessage
+from sdk.testing.mosquitto import MosquittoBroker, free_port
 from sdk.topics import TopicKind
 from tests.dashboard.conftest import Appliance, make_finding, wait_for
-from tests.mqtt_broker import MosquittoBroker, free_port
 
 logger = logging.getLogger(__name__)
 

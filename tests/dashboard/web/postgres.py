@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.mqtt_broker import free_port
+from sdk.testing.mosquitto import free_port
 
 __all__ = ["POSTGRES_ROOT", "PostgresServer", "find_postgres_bin", "running_postgres"]
 

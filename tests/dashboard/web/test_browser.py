@@ -24,10 +24,10 @@ import pytest
 from dashboard.settings import DashboardConfig
 from dashboard.store import Role
 from dashboard.web import DashboardService
+from sdk.testing.mosquitto import MosquittoBroker
 from sdk.topics import TopicKind
 from tests.dashboard.conftest import Appliance, make_finding
 from tests.dashboard.web.conftest import PASSWORD, insert_user
-from tests.mqtt_broker import MosquittoBroker
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[3]

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from dashboard.auth import verify_password
 from dashboard.store import ApiToken, Role, User, create_store
-from tests.mqtt_broker import MosquittoBroker, free_port
+from sdk.testing.mosquitto import MosquittoBroker, free_port
 
 REPO = Path(__file__).resolve().parents[3]
 
