@@ -82,6 +82,7 @@ from sdk.preprocessing import preprocess
 from sdk.reference_model import config_path, onnx_path
 from sdk.signing import generate_keypair, load_private_key
 from sdk.testing import PhantomSpec, generate_studies
+from sdk.testing.mosquitto import free_port
 from sdk.trust import TrustStore
 
 __all__ = ["FULL", "QUICK", "Settings", "format_table", "main", "run_benchmark"]
@@ -601,12 +602,6 @@ def _durable_commit_ms(workdir: Path, count: int = 50) -> float:
 # ----------------------------------------------------------------------------- 3: C-STORE ingest
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _wait_listening(port: int, timeout_s: float = 10.0) -> None:
     def listening() -> bool:
         with socket.socket() as probe:
@@ -656,7 +651,7 @@ def _medge_receiver(workdir: Path, expected: int, *, tuned: bool) -> Iterator[in
 def _storescp_receiver(workdir: Path, expected: int) -> Iterator[int]:
     """dcmtk's storescp writing every instance it receives into a folder (same maximum PDU as medge's)."""
     root = Path(tempfile.mkdtemp(prefix="storescp-", dir=workdir))
-    port = _free_port()
+    port = free_port()
     command = [STORESCP, "-aet", OUR_AE, "-pdu", str(MAX_PDU_BYTES), "-od", str(root), str(port)]
     process = subprocess.Popen(command, env={**os.environ, "TCP_NODELAY": "1"}, stderr=subprocess.PIPE, text=True)
     try:

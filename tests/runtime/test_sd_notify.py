@@ -26,6 +26,7 @@ import pytest
 from runtime.appliance import Appliance
 from runtime.sd_notify import Notifier, ProgressMonitor, Watchdog, watchdog_interval
 from sdk.appliance_config import ApplianceConfig
+from sdk.testing.mosquitto import free_port
 
 INTERVAL_S = 0.6  # the watchdog interval the tests ask for: pings every 0.3 s
 
@@ -297,7 +298,7 @@ data_dir = "{tmp_path / "data"}"
 
 [dicom]
 host = "127.0.0.1"
-port = {_free_port()}
+port = {free_port()}
 
 [mqtt]
 port = 1883
@@ -334,12 +335,6 @@ trusted_keys_dir = "{tmp_path / "keys"}"
             process.wait()
         assert process.stderr is not None
         process.stderr.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_progress_monitor_names_only_silent_loops() -> None:
