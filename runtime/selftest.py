@@ -51,11 +51,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field
 
 from device_profiles import DeviceProfile, HostFacts, detect_host, get_profile, list_profiles, match_profile
-from runtime.ingest.sockets import nodelay_evt_handlers, set_tcp_nodelay
+from runtime.ingest.sockets import nodelay_evt_handlers
 from runtime.packages import PackageSet, RefusedPackage
 from sdk.appliance_config import ApplianceConfig
 from sdk.errors import ConfigError, MedgeError
 from sdk.messages import Event
+from sdk.tcp_nodelay import nodelay_on_socket_open, set_tcp_nodelay
 from sdk.topics import TopicKind, topic
 from sdk.trust import TrustStore
 
@@ -846,7 +847,7 @@ class _BrokerProbe:
         )
         client.manual_ack_set(True)  # leave what the broker delivers unacknowledged: it goes to the service
         client.connect_timeout = min(section.connect_timeout_s, self.timeout_s)
-        client.on_socket_open = _nodelay_on_open
+        client.on_socket_open = nodelay_on_socket_open
         client.on_connect = self._on_connect
         client.on_publish = lambda _c, _u, mid, rc, _p: self.puback.__setitem__(mid, int(rc.value))
         client.on_disconnect = self._on_disconnect
@@ -1090,11 +1091,6 @@ def _pass(key: str, name: str, detail: str) -> Check:
 
 def _fail(key: str, name: str, detail: str, fix: str) -> Check:
     return Check(key=key, name=name, status=CheckStatus.FAIL, detail=detail, fix=fix)
-
-
-def _nodelay_on_open(_client: object, _userdata: object, sock: Any) -> None:
-    """paho's ``on_socket_open``: TCP_NODELAY before CONNECT goes out (a TLS socket wraps a TCP one)."""
-    set_tcp_nodelay(sock)
 
 
 def _user_name(uid: int) -> str:

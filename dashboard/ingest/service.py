@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import socket
 import threading
 import time
 from collections import Counter
@@ -44,6 +43,7 @@ from dashboard.settings import DashboardConfig
 from dashboard.store.engine import Store, create_store
 from dashboard.store.models import DeadLetterReason, Device
 from sdk.messages import Ack, Command
+from sdk.tcp_nodelay import nodelay_on_socket_open
 from sdk.topics import ROOT, TopicKind, device_filter, topic
 
 __all__ = ["IngestService", "IngestStats"]
@@ -262,19 +262,12 @@ class IngestService:
             client.username_pw_set(config.username, config.password())
         client.reconnect_delay_set(1, config.reconnect_max_s)
         client.max_inflight_messages_set(1000)  # our Acks: one per device per batch
-        client.on_socket_open = self._on_socket_open
+        client.on_socket_open = nodelay_on_socket_open
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         return client
-
-    @staticmethod
-    def _on_socket_open(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError) as exc:  # not a TCP socket
-            logger.debug("TCP_NODELAY not set: %s", exc)
 
     def _on_connect(
         self,

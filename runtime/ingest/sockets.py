@@ -32,6 +32,8 @@ from pynetdicom import evt
 from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import AssociationSocket
 
+from sdk.tcp_nodelay import set_tcp_nodelay
+
 __all__ = ["TUNED_PYNETDICOM", "nodelay_evt_handlers", "pynetdicom_is_tuned", "set_tcp_nodelay", "wait_on_socket"]
 
 logger = logging.getLogger(__name__)
@@ -47,22 +49,6 @@ SOCKET_WAIT_S = 0.001
 time of primitives queued by other threads stay what they were."""
 
 _warned: set[str] = set()
-
-
-def set_tcp_nodelay(sock: socket.socket | None) -> bool:
-    """Turn Nagle's algorithm off on a TCP socket; return whether it is now set.
-
-    Non-TCP sockets (and ``None``, a socket already closed) are left alone.
-    """
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return False
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError as exc:
-        # The peer may already have gone; the association fails on its own.
-        logger.debug("cannot set TCP_NODELAY: %s", exc)
-        return False
-    return True
 
 
 def _on_conn_open(event: evt.Event) -> None:

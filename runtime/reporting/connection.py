@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import select
-import socket
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -31,8 +30,9 @@ from paho.mqtt.properties import Properties
 
 from sdk.appliance_config import MqttSection
 from sdk.errors import MedgeError
+from sdk.tcp_nodelay import nodelay_on_socket_open
 
-__all__ = ["BrokerConnectionError", "Connector", "loop_once", "set_tcp_nodelay"]
+__all__ = ["BrokerConnectionError", "Connector", "loop_once"]
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +53,6 @@ _paho_log = _PahoLog(logging.getLogger(__name__ + ".paho"))
 
 class BrokerConnectionError(MedgeError):
     """The broker cannot be reached, or the TCP/TLS connection to it failed (the reporter retries)."""
-
-
-def set_tcp_nodelay(sock: Any) -> bool:
-    """Turn Nagle's algorithm off on a TCP (or TLS over TCP) socket; return whether it is now set."""
-    if getattr(sock, "family", None) not in (socket.AF_INET, socket.AF_INET6):
-        return False
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError as exc:  # the peer may already be gone; the connection then fails on its own
-        log.debug("cannot set TCP_NODELAY: %s", exc)
-        return False
-    return True
-
-
-def _on_socket_open(client: mqtt.Client, userdata: object, sock: Any) -> None:
-    set_tcp_nodelay(sock)
 
 
 class Connector:
@@ -107,7 +91,7 @@ class Connector:
         if self.section.username is not None:
             client.username_pw_set(self.section.username, self._password)
         client.will_set(will_topic, will_payload, qos=1, retain=True)
-        client.on_socket_open = _on_socket_open
+        client.on_socket_open = nodelay_on_socket_open
         return client
 
     def connect(self, client: mqtt.Client) -> None:
