@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import ctypes
 import dataclasses
-import inspect
 import json
 import logging
 import math
@@ -240,7 +239,7 @@ def _build_package(workdir: Path, settings: Settings) -> _Package:
 
 
 # The benchmark reads the outbox itself; the MQTT reporter (no broker here) would only add noise.
-_NO_REPORTER: dict[str, Any] = {"report": False} if "report" in inspect.signature(Appliance).parameters else {}
+_NO_REPORTER: dict[str, Any] = {"report": False}
 
 
 def _appliance_config(data_dir: Path, packages_dir: Path) -> dict[str, Any]:
