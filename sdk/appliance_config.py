@@ -71,7 +71,7 @@ class MqttSection(BrokerConnection):
     The defaults suit a hospital network where the broker or the dashboard
     may be away for hours: a persistent session the broker keeps for a week,
     findings kept on disk until the dashboard acknowledges them, and
-    reconnects that back off to a minute.
+    reconnects that back off to 10 s (jittered), so a backlog drains soon after the broker returns.
     """
 
     client_id: str | None = Field(
