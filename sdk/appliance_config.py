@@ -22,6 +22,7 @@ from sdk.routing import RoutingSection
 __all__ = [
     "ApplianceConfig",
     "ApplianceSection",
+    "DashboardSection",
     "DicomSection",
     "MqttSection",
     "PackagesSection",
@@ -132,6 +133,14 @@ class PackagesSection(_Section):
     trusted_keys_dir: Path | None = None
 
 
+class DashboardSection(_Section):
+    """The dashboard this appliance was enrolled with: over-the-air package downloads come from it."""
+
+    url: str | None = Field(default=None, description="the dashboard's base URL (https://...)")
+    ca_file: Path | None = Field(default=None, description="CA to verify the dashboard with (default: system CAs)")
+    token_file: Path | None = Field(default=None, description="file holding the device token of the device API")
+
+
 class PhiSection(_Section):
     """What patient-identifying references may leave the appliance."""
 
@@ -148,6 +157,7 @@ class ApplianceConfig(FileSettings):
     dicom: DicomSection = DicomSection()
     mqtt: MqttSection = MqttSection()
     packages: PackagesSection = PackagesSection()
+    dashboard: DashboardSection = DashboardSection()
     phi: PhiSection = PhiSection()
     routing: RoutingSection = RoutingSection()
 

@@ -204,7 +204,7 @@ class Command(_Message):
     """
 
     schema_: Literal["medge.cmd/1"] = Field("medge.cmd/1", alias="schema")
-    command: Literal["selftest", "report-config", "activate-package", "resend"]
+    command: Literal["selftest", "report-config", "activate-package", "resend", "update", "rotate-keys"]
     args: dict[str, Any] = {}
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
