@@ -64,7 +64,7 @@ from runtime.ingest.scp import StorageSCP
 from runtime.metrics import RuntimeMetrics
 from runtime.packages import EventSink, LivePackage, PackageSet
 from runtime.postprocess import series_result
-from runtime.reporting import Reporter
+from runtime.reporting import CommandHandler, Reporter
 from runtime.sd_notify import ProgressMonitor
 from runtime.selftest import SelfTest
 from runtime.series import SeriesInstance, SeriesTracker
@@ -132,6 +132,8 @@ class Appliance:
         on_event: receives the service's events (logged and contained if it raises).
         report: run the MQTT reporter (``[mqtt]``): findings, events, heartbeats and status to
             the dashboard, commands back. Off for embedders that read the outbox themselves.
+        commands: more command handlers by name (``update`` and ``rotate-keys`` from
+            :mod:`firmware_integration.ota`, which the runtime cannot import itself).
 
     Raises:
         MedgeError: a config, profile or key problem at :meth:`start`.
@@ -149,6 +151,7 @@ class Appliance:
         limits: DecodeLimits | None = None,
         on_event: EventSink | None = None,
         report: bool = True,
+        commands: Mapping[str, CommandHandler] | None = None,
     ) -> None:
         self.config = config
         self.profile = profile or self._profile(config)
@@ -172,6 +175,9 @@ class Appliance:
         self.series: SeriesTracker | None = None
         self.reporter: Reporter | None = None
         self._report = report
+        self._extra_commands = dict(commands or {})
+        # Per package name: instances analysed and analyses failed (an update's probation compares them).
+        self._outcomes: dict[str, Counter[str]] = {}
         # Held while an engine runs and while packages are swapped (activate-package): no run on a closed engine.
         self._packages_lock = threading.RLock()
         self.progress = ProgressMonitor()  # the supervisor beats; a hang that keeps threads "alive" is still seen
@@ -234,6 +240,7 @@ class Appliance:
                     "report-config": self._report_config,
                     "activate-package": self._activate_package,
                     "selftest": self._selftest,
+                    **self._extra_commands,
                 },
                 on_event=self._emit,
             )
@@ -529,8 +536,10 @@ class Appliance:
                 try:
                     analyses: list[Analysis] = package.analyzer.finish(ds, prepared)
                 except EngineError as exc:
+                    self._count(name, "failed")
                     self._emit("analysis-failed", "error", f"{name}: {exc}", {"sop": job.record.sop_instance_uid})
                     raise
+                self._count(name, "analysed")
             findings += self._findings(ds, analyses, package, job.stage_ms)
         done = _Done(job, findings)
         if self._handoff.empty() and self._commits.empty() and not self._committing.is_set():
@@ -812,6 +821,13 @@ class Appliance:
             alarms=alarms,
             drift=dict(self._drift_by_scanner),
         )
+
+    def _count(self, package: str, outcome: str) -> None:
+        self._outcomes.setdefault(package, Counter())[outcome] += 1
+
+    def package_outcomes(self) -> dict[str, dict[str, int]]:
+        """Per live package name: instances ``analysed`` and analyses ``failed`` since start (for probation)."""
+        return {name: dict(counts) for name, counts in list(self._outcomes.items())}
 
     def package_refs(self) -> list[PackageRef]:
         """The live packages as status messages name them."""
