@@ -2,7 +2,8 @@
 
 Without it each small message stalls ~40 ms on loopback (Nagle's algorithm
 meeting the peer's delayed ACK). The DICOM ingest, the MQTT reporter, the
-dashboard's ingest and ``medge selftest`` all set it through these two.
+dashboard's ingest, ``medge selftest`` and the HTTPS clients of provisioning and
+updates all set it through these.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ import logging
 import socket
 from typing import Any
 
-__all__ = ["nodelay_on_socket_open", "set_tcp_nodelay"]
+__all__ = ["NODELAY_SOCKET_OPTIONS", "nodelay_on_socket_open", "set_tcp_nodelay"]
 
 log = logging.getLogger(__name__)
+
+NODELAY_SOCKET_OPTIONS = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+"""``socket_options`` of an httpx transport (package downloads, enrollment): TCP_NODELAY on each connection."""
 
 
 def set_tcp_nodelay(sock: Any) -> bool:

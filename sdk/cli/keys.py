@@ -59,3 +59,38 @@ def list_keys() -> None:
     console.print(table)
     if not store:
         console.print("[yellow]no trusted keys:[/] add one with [bold]medge keys trust KEY.pub[/]")
+
+
+@app.command("endorse")
+def endorse(
+    signer: Path = typer.Option(
+        ..., "--with", help="The private key (.key) of a signing key the appliances trust now."
+    ),
+    add: list[Path] = typer.Option([], "--add", help="A public key (.pub) the appliances should trust (repeatable)."),
+    retire: list[str] = typer.Option([], "--retire", help="A key id the appliances should stop trusting (repeatable)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the endorsement (JSON)."),
+) -> None:
+    """Endorse a key rotation: new keys to trust and old ones to retire, signed by a key trusted now.
+
+    Upload the endorsement on the dashboard (Packages → Rotate keys); each
+    appliance checks the signature against its own trusted keys before it
+    changes them, so the dashboard cannot make appliances trust a key on its
+    own. Rotate in two steps: add the new key, re-sign packages with it, then
+    retire the old one.
+    """
+    from sdk.errors import KeyStoreError
+    from sdk.fleet_contracts import endorse_keys
+    from sdk.signing import key_id, load_private_key, load_public_key, public_key_pem
+
+    if not add and not retire:
+        raise KeyStoreError("nothing to endorse: give --add KEY.pub and/or --retire KEY_ID")
+    private = load_private_key(signer)
+    pems = [public_key_pem(load_public_key(path)).decode() for path in add]
+    rotation = endorse_keys(private, pems, list(retire))
+    if key_id(private.public_key()) in retire:
+        console.print("[yellow]note:[/] the endorsing key retires itself; appliances keep it if it is their last one")
+    try:
+        out.write_text(rotation.model_dump_json(indent=2) + "\n")
+    except OSError as exc:
+        raise KeyStoreError(f"cannot write the endorsement: {exc.strerror}", path=out) from exc
+    console.print(f"endorsement by [bold]{rotation.signer}[/]: add {len(pems)}, retire {len(retire)} → {out}")

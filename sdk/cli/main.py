@@ -11,6 +11,7 @@ from sdk.cli.bench import bench
 from sdk.cli.compile import compile_command
 from sdk.cli.console import MedgeTyper, console
 from sdk.cli.demo import demo
+from sdk.cli.provision import provision
 from sdk.cli.selftest import selftest
 from sdk.cli.serve import serve
 
@@ -31,6 +32,7 @@ app.command("bench")(bench)
 app.command("serve")(serve)
 app.command("demo")(demo)
 app.command("selftest")(selftest)
+app.command("provision")(provision)
 
 
 def _version(value: bool) -> None:

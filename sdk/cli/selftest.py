@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 
 from sdk.cli.console import console
+
+if TYPE_CHECKING:
+    from runtime.selftest import SelfTestReport
+    from sdk.appliance_config import ApplianceConfig
 
 _MARK = {"pass": "[bold green]PASS[/]", "warn": "[bold yellow]WARN[/]", "fail": "[bold red]FAIL[/]"}
 # Loggers whose errors the checklist already states in its own words (shown again with --verbose).
@@ -33,7 +39,7 @@ def selftest(
     failed (warnings allowed), 1 when a check failed. Run it as the service's
     user (sudo -u medge) to test what the service can do.
     """
-    from runtime.selftest import CHECKS, Check, SelfTest
+    from runtime.selftest import CHECKS
     from sdk.appliance_config import load_appliance_config
     from sdk.errors import ConfigError
 
@@ -41,6 +47,29 @@ def selftest(
     if unknown:
         raise ConfigError(f"no such check: {', '.join(unknown)} (checks: {', '.join(CHECKS)})", field="--skip")
     settings = load_appliance_config(config)
+    if not json_output:
+        appliance = settings.appliance
+        console.print(f"[bold]medge self-test[/] {appliance.site}/{appliance.device} ({config})")
+    report = run_checklist(
+        settings, calling_ae=calling_ae, min_free_mb=min_free_mb, timeout=timeout, skip=skip, show=not json_output
+    )
+    if json_output:
+        console.print_json(report.model_dump_json())
+    raise typer.Exit(report.exit_code)
+
+
+def run_checklist(
+    settings: ApplianceConfig,
+    *,
+    calling_ae: str | None = None,
+    min_free_mb: int = 1024,
+    timeout: float = 5.0,
+    skip: Collection[str] = (),
+    show: bool = True,
+) -> SelfTestReport:
+    """Run the self-test, printing each check with its fix and a verdict (``medge selftest``, ``medge provision``)."""
+    from runtime.selftest import Check, SelfTest
+
     verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
     quieted = []
     if not verbose:
@@ -49,26 +78,19 @@ def selftest(
             quieted.append((logger, logger.level))
             logger.setLevel(logging.CRITICAL)
 
-    def show(check: Check) -> None:
-        if json_output:
-            return
+    def print_check(check: Check) -> None:
         console.print(f"{_MARK[check.status.value]} {escape(check.name)}: {escape(check.detail)}", soft_wrap=True)
         if check.fix:
             console.print(f"     [bold]fix:[/] {escape(check.fix)}", soft_wrap=True)
 
-    if not json_output:
-        appliance = settings.appliance
-        console.print(f"[bold]medge self-test[/] {appliance.site}/{appliance.device} ({config})")
     try:
         runner = SelfTest(settings, calling_ae=calling_ae, min_free_mb=min_free_mb, timeout_s=timeout)
-        report = runner.run(skip=skip, on_check=show)
+        report = runner.run(skip=skip, on_check=print_check if show else None)
     finally:
         for logger, level in quieted:
             logger.setLevel(level)
-    if json_output:
-        console.print_json(report.model_dump_json())
-    else:
+    if show:
         counts = {status: sum(1 for c in report.checks if c.status.value == status) for status in _MARK}
         verdict = "[bold green]ready[/]" if report.ok else "[bold red]not ready[/]"
         console.print(f"{verdict}: {counts['pass']} passed, {counts['warn']} warning(s), {counts['fail']} failed")
-    raise typer.Exit(report.exit_code)
+    return report
