@@ -209,6 +209,11 @@ class Appliance:
         if self.reporter is not None:
             self.reporter.event(kind, severity, message, dict(detail or {}))  # durable; never raises
 
+    def emit(self, kind: str, severity: str, message: str, detail: Mapping[str, object] | None = None) -> None:
+        """Report an event of the appliance's own (an embedder's part, e.g. an update's steps): logged, counted
+        in :attr:`events`, and made durable for the dashboard like the service's own events."""
+        self._emit(kind, severity, message, detail)
+
     def _on_ingest_event(self, event: IngestEvent) -> None:
         if "quarantin" in event.kind.value:
             self.metrics.quarantined.labels(reason=event.kind.value).inc()

@@ -20,6 +20,8 @@ families are grouped by what the caller can do about them::
     ├── SpoolError               (runtime.spool) the spool cannot store, move or remove a file
     ├── WorkQueueError           (runtime.work_queue) a state transition the queue does not allow
     ├── BrokerError              (firmware_integration.broker) the broker's files or process cannot be managed
+    ├── OtaError                 (firmware_integration.ota) an update or key rotation cannot go on
+    ├── ProvisionError           (firmware_integration.provisioning) a provisioning step failed
     ├── BrokerConnectionError    (runtime.reporting) the MQTT broker cannot be reached or refused the device
     ├── StoreError               (dashboard.store) the dashboard's database cannot be opened or migrated
     ├── StoreUnavailable         (dashboard.ingest) the database cannot take a batch now: retry, acknowledge nothing

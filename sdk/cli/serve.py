@@ -23,6 +23,7 @@ def serve(
     environment variables. Stops cleanly on SIGTERM or Ctrl-C: ingest first
     (senders retry what was not acknowledged), then the workers.
     """
+    from firmware_integration.ota import OtaAgent
     from runtime.appliance import Appliance
     from runtime.sd_notify import Notifier, Watchdog
     from runtime.service_logging import configure_json_logging
@@ -32,12 +33,16 @@ def serve(
     settings = load_appliance_config(config)
     if json_logs:
         configure_json_logging(logging.INFO)
-    appliance = Appliance(settings, health_port=health_port)
+    # Over-the-air updates: undo an update a crash interrupted before any package loads.
+    updates = OtaAgent(settings)
+    updates.recover()
+    appliance = Appliance(settings, health_port=health_port, commands=updates.commands())
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     notifier.status("starting: verifying packages and running their golden samples")
     appliance.start()
+    updates.start(appliance, appliance.emit)
     assert appliance.scp is not None and appliance.health is not None
     live = ", ".join(f"{p.name} {p.manifest.model.version}" for p in appliance.packages.live.values()) or "none"
     notifier.ready(f"serving; packages live: {live}")
@@ -56,5 +61,6 @@ def serve(
         notifier.stopping("stopping: ingest first, then the workers")
         if watchdog is not None:
             watchdog.stop()
+        updates.stop()
         appliance.stop()
         notifier.close()
