@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from sdk.cli import broker, dashboard, keys, package, profiles
+from sdk.cli import broker, dashboard, keys, ota, package, profiles
 from sdk.cli.bench import bench
 from sdk.cli.compile import compile_command
 from sdk.cli.console import MedgeTyper, console
@@ -27,6 +27,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(package.app, name="package")
 app.add_typer(broker.app, name="broker")
 app.add_typer(dashboard.app, name="dashboard")
+app.add_typer(ota.app, name="ota")
 app.command("compile")(compile_command)
 app.command("bench")(bench)
 app.command("serve")(serve)
