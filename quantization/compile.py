@@ -2,8 +2,10 @@
 
 Stages, each reported to a :class:`CompileListener`:
 
-1. **checks**: the ONNX model loads, its opset and operators suit the
-   profile's engine, its tensors match the model config (:mod:`graph_checks`);
+1. **checks**: the plugins the model config names are installed (their
+   distribution and version go into the compile record); the ONNX model
+   loads, its opset and operators suit the profile's engine, its tensors
+   match the model config (:mod:`graph_checks`);
 2. **preflight**: whether INT8 is expected to pay off on the profile's
    hardware, and which nodes must run on the accelerator;
 3. **calibration**: DICOM → tensors through the runtime's own preprocessing,
@@ -37,7 +39,7 @@ from quantization.packaging import package_model
 from quantization.vendor_telemetry import decline_vendor_telemetry
 from sdk.errors import ConfigError
 from sdk.manifest import Manifest
-from sdk.model_config import ModelConfig
+from sdk.model_config import ModelConfig, resolve_plugins
 
 __all__ = ["CompileListener", "CompileOptions", "CompileResult", "Preflight", "compile_package"]
 
@@ -207,7 +209,8 @@ def compile_package(
         ModelCheckError: the model cannot run on the profile's engine (names the node/op).
         CalibrationError: the folder holds too few usable instances of the model's modality.
         QuantizationGateError: no setting passes the accuracy gate; nothing is written.
-        ConfigError: the precision is not one the profile supports.
+        ConfigError: the precision is not one the profile supports, or a plugin
+            the config names is not installed, is registered twice or refuses its settings.
     """
     options = options or CompileOptions()
     listener = listener or _Quiet()
@@ -222,6 +225,9 @@ def compile_package(
         )
 
     listener.stage("checks")
+    plugins = resolve_plugins(config)
+    for plugin in plugins:
+        listener.note(f"{plugin.describe()} is part of this package's pre/post-processing")
     checked = check_model(onnx_path, config, profile)
     for message in checked.notes:
         listener.note(message)
@@ -335,6 +341,7 @@ def compile_package(
             "float_nodes": float_nodes,
             "notes": [*checked.notes, *preflight.warnings, *([preflight.reason] if preflight.reason else [])],
             "required_accelerator_nodes": preflight.required_accelerator_nodes,
+            "plugins": plugins,
         }
         manifest = package_model(
             onnx_path=model_path,

@@ -3,7 +3,8 @@
 The analyzer is the unit the runtime schedules: it owns a loaded engine and
 the package's preprocessing spec, checks the package's golden samples
 (on-device acceptance), and times each stage for the finding's latency
-breakdown.
+breakdown. The package's plugins (:mod:`sdk.plugins`) run inside
+:func:`sdk.preprocessing.preprocess` and after :func:`runtime.postprocess.classify`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import numpy as np
 from pydicom import Dataset
 
 from runtime.engines import Engine, Placement, load_engine
-from runtime.postprocess import Classification, classify
-from sdk.errors import EngineError
+from runtime.postprocess import Classification, apply_plugin, classify
+from sdk.errors import ConfigError, EngineError
 from sdk.input_statistics import drift_scores
 from sdk.package import ModelPackage
+from sdk.plugins import PostprocessEvent, PostprocessPlugin, get_registry
 from sdk.preprocessing import preprocess
 
 __all__ = ["Analysis", "Analyzer", "GoldenReport", "Prepared"]
@@ -66,6 +68,12 @@ def _load_npy(name: str, data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
 class Analyzer:
     """One live package.
 
@@ -76,7 +84,9 @@ class Analyzer:
         cache_dir: engine model cache (OpenVINO).
 
     Raises:
-        EngineError: the engine cannot load the package.
+        EngineError: the engine cannot load the package, or a plugin it names
+            cannot be made (:class:`runtime.packages.PackageSet` checks the
+            plugins first and refuses such a package with the check ``plugin``).
     """
 
     def __init__(
@@ -84,6 +94,15 @@ class Analyzer:
     ) -> None:
         self.package = package
         self.manifest = package.manifest
+        config = self.manifest.model
+        self._postprocess: PostprocessPlugin | None = None
+        try:
+            if config.preprocessing.plugin is not None:
+                get_registry().preprocess_hook(config.preprocessing.plugin)  # made now, not on the first study
+            if config.postprocessing.plugin is not None:
+                self._postprocess = get_registry().postprocess_hook(config.postprocessing.plugin)
+        except ConfigError as exc:
+            raise EngineError(f"package {config.name}: {exc.message}", field=exc.field) from exc
         self._engine: Engine = load_engine(package, preferences, threads=threads, cache_dir=cache_dir)
         self._input = self.manifest.inputs[0].name
 
@@ -142,6 +161,8 @@ class Analyzer:
         t2 = time.perf_counter()
         frames = len(batch)
         results = [classify(outputs, config, index, ds) for index in range(frames)]
+        if self._postprocess is not None:
+            results = self._plugin(self._postprocess, ds, outputs, batch, results)
         stats = self.manifest.input_statistics
         drift: list[float | None] = list(drift_scores(stats, batch)) if stats else [None] * frames
         t3 = time.perf_counter()
@@ -153,6 +174,27 @@ class Analyzer:
         multi = frames > 1
         return [
             Analysis(index if multi else None, result, latency, drift[index]) for index, result in enumerate(results)
+        ]
+
+    def _plugin(
+        self,
+        hook: PostprocessPlugin,
+        ds: Dataset,
+        outputs: dict[str, np.ndarray],
+        batch: np.ndarray,
+        results: list[Classification],
+    ) -> list[Classification]:
+        ref = self.manifest.model.postprocessing.plugin
+        assert ref is not None
+        frozen = {name: _read_only(value) for name, value in outputs.items()}
+        inputs = _read_only(batch)
+        return [
+            apply_plugin(
+                hook,
+                ref.name,
+                PostprocessEvent(result, frozen, index, inputs[index], ds, self.manifest.model, ref.settings),
+            )
+            for index, result in enumerate(results)
         ]
 
     def analyze(self, ds: Dataset) -> list[Analysis]:

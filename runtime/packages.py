@@ -3,6 +3,8 @@
 At start and after any package change, every installed package is verified
 (signature, hashes, format), loaded on the profile's engine and devices, and
 accepted only if its golden samples reproduce within the package's tolerance.
+A package whose plugins (:mod:`sdk.plugins`) are not installed here from the
+distribution and version it was compiled with is refused too (check ``plugin``).
 A package that fails any step does not go live; the appliance reports the
 reason (an event, the heartbeat, ``/readyz``) and keeps serving the others.
 """
@@ -19,9 +21,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from device_profiles import DeviceProfile
 from runtime.analyzer import Analyzer, GoldenReport
 from runtime.engines import Placement
-from sdk.errors import EngineError, PackageError, VerificationError
+from sdk.errors import ConfigError, EngineError, PackageError, VerificationError
 from sdk.manifest import Manifest
+from sdk.model_config import resolve_plugins
 from sdk.package import verify_package
+from sdk.plugins import get_registry
 
 __all__ = ["EventSink", "LivePackage", "PackageSet", "RefusedPackage"]
 
@@ -118,6 +122,13 @@ class PackageSet:
             self._refuse(
                 path, "profile", f"compiled for {manifest.engine.profile}, this appliance is {self.profile.id}"
             )
+            return None
+        try:
+            for record in manifest.compile.plugins:
+                get_registry().check(record)
+            resolve_plugins(manifest.model)  # imports them and makes their hooks with the package's settings
+        except ConfigError as exc:
+            self._refuse(path, "plugin", exc.message)
             return None
         try:
             analyzer = Analyzer(

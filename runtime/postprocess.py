@@ -3,35 +3,25 @@
 Classification models give one score per label; a location output (a
 normalised ``(row, column)`` over the model input) is mapped back to the
 source image's pixels and, with the image plane attributes, to patient
-coordinates in millimetres.
+coordinates in millimetres. A device maker's postprocess plugin
+(:mod:`sdk.plugins`) may then change each image's result
+(:func:`apply_plugin`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 from pydicom import Dataset
 
 from sdk.errors import EngineError
 from sdk.model_config import ModelConfig
+from sdk.plugins import Classification, PostprocessEvent, PostprocessPlugin
 
-__all__ = ["Classification", "classify", "pixel_to_patient", "series_result"]
-
-
-@dataclass(frozen=True)
-class Classification:
-    """One image's result: the top label, all scores, the decision and where."""
-
-    label: str
-    score: float
-    scores: dict[str, float]
-    threshold: float
-    positive: bool
-    row: float | None = None
-    column: float | None = None
-    patient_mm: tuple[float, float, float] | None = None
+__all__ = ["Classification", "apply_plugin", "classify", "pixel_to_patient", "series_result"]
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:
@@ -84,6 +74,36 @@ def classify(outputs: Mapping[str, np.ndarray], config: ModelConfig, index: int,
             column = float(np.clip(where[1], 0, 1) * columns - 0.5)
             patient = pixel_to_patient(ds, row, column) if positive else None
     return Classification(label, scores[label], scores, threshold, positive, row, column, patient)
+
+
+def apply_plugin(hook: PostprocessPlugin, name: str, event: PostprocessEvent) -> Classification:
+    """Run a postprocess plugin on one image's result and hold what it returns to the contract.
+
+    Raises:
+        EngineError: the plugin raised, or returned something other than a
+            :class:`Classification` with a label, finite scores and a threshold within [0, 1].
+    """
+    try:
+        result = hook(event)
+    except Exception as exc:  # the plugin's failure is this instance's failure, not the service's
+        raise EngineError(f"postprocess plugin {name!r} failed: {exc!r}", field="postprocessing.plugin") from exc
+    problem = _contract_problem(result)
+    if problem:
+        raise EngineError(f"postprocess plugin {name!r} returned {problem}", field="postprocessing.plugin")
+    return result
+
+
+def _contract_problem(result: object) -> str | None:
+    if not isinstance(result, Classification):
+        return f"{type(result).__name__}, not a Classification"
+    if not isinstance(result.label, str) or not result.label:
+        return f"a Classification without a label ({result.label!r})"
+    numbers = [result.score, result.threshold, *result.scores.values()]
+    if not all(isinstance(v, int | float) and math.isfinite(v) for v in numbers):
+        return "a Classification whose score, scores or threshold are not finite Python floats"
+    if not 0.0 <= result.threshold <= 1.0:
+        return f"a threshold of {result.threshold}, outside [0, 1]"
+    return None
 
 
 def series_result(results: Sequence[Classification]) -> tuple[int, Classification]:

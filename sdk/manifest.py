@@ -13,12 +13,22 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from sdk.config_files import config_error_from_validation
 from sdk.errors import PackageFormatError
 from sdk.input_statistics import InputStatistics
 from sdk.model_config import ModelConfig
+from sdk.plugins import PluginRecord
 
 __all__ = [
     "FORMAT_VERSION",
@@ -74,7 +84,12 @@ class CalibrationRecord(_Strict):
 
 
 class CompileRecord(_Strict):
-    """How, when and with what the package was made."""
+    """How, when and with what the package was made.
+
+    Attributes:
+        plugins: the distribution and version that provided each plugin the
+            model config names; the runtime refuses the package without them.
+    """
 
     toolchain: str
     versions: dict[str, str]
@@ -84,6 +99,15 @@ class CompileRecord(_Strict):
     calibration: CalibrationRecord | None = None
     float_nodes: dict[str, str] = {}
     notes: list[str] = []
+    plugins: list[PluginRecord] = []
+
+    @model_serializer(mode="wrap")
+    def _omit_no_plugins(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Without plugins the manifest stays byte-for-byte what appliances without plugin support read.
+        data: dict[str, Any] = handler(self)
+        if not self.plugins:
+            data.pop("plugins", None)
+        return data
 
 
 class FidelityReport(_Strict):
@@ -133,6 +157,16 @@ class Manifest(_Strict):
         if value != FORMAT_VERSION:
             raise ValueError(f"unknown package format version {value} (this medge reads version {FORMAT_VERSION})")
         return value
+
+    @model_validator(mode="after")
+    def _plugins_recorded(self) -> Manifest:
+        recorded = {(record.kind, record.name) for record in self.compile.plugins}
+        named = {(kind, ref.name) for kind, ref in self.model.plugins().items()}
+        if recorded != named:
+            raise ValueError(
+                f"the compile record's plugins {sorted(recorded)} are not the model's plugins {sorted(named)}"
+            )
+        return self
 
     @field_validator("files")
     @classmethod

@@ -1,23 +1,42 @@
 """The model config (``model.toml``) a device maker writes next to their ONNX model.
 
 It names the model, its task, labels and clinical thresholds, the input and
-output tensors, the preprocessing spec and the accuracy gate the compiled
-model must pass. The quantization toolchain copies it into the package
-manifest, so the runtime reads exactly what the compiler was told.
+output tensors, the preprocessing spec, any pre- and post-processing plugins
+(:mod:`sdk.plugins`) and the accuracy gate the compiled model must pass. The
+quantization toolchain copies it into the package manifest, so the runtime
+reads exactly what the compiler was told.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from sdk.config_files import load_toml_model
+from sdk.errors import ConfigError
+from sdk.plugins import PluginKind, PluginRecord, PluginRef, get_registry
 from sdk.preprocess_spec import PreprocessSpec
 
-__all__ = ["AccuracyGate", "ModelConfig", "ModelInput", "ModelOutputs", "load_model_config"]
+__all__ = [
+    "AccuracyGate",
+    "ModelConfig",
+    "ModelInput",
+    "ModelOutputs",
+    "Postprocessing",
+    "load_model_config",
+    "resolve_plugins",
+]
 
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
 
@@ -59,6 +78,14 @@ class AccuracyGate(BaseModel):
     max_auc_drop: float = Field(default=0.01, ge=0, le=1)
 
 
+class Postprocessing(BaseModel):
+    """Post-processing beyond the built-in thresholding: a device maker's plugin (:mod:`sdk.plugins`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    plugin: PluginRef | None = None
+
+
 class ModelConfig(BaseModel):
     """Everything medge needs to know about a model besides its weights."""
 
@@ -74,7 +101,25 @@ class ModelConfig(BaseModel):
     input: ModelInput
     outputs: ModelOutputs
     preprocessing: PreprocessSpec
+    postprocessing: Postprocessing = Postprocessing()
     gate: AccuracyGate = AccuracyGate()
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_postprocessing(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Without a plugin the manifest stays byte-for-byte what appliances without plugin support read.
+        data: dict[str, Any] = handler(self)
+        if self.postprocessing.plugin is None:
+            data.pop("postprocessing", None)
+        return data
+
+    def plugins(self) -> dict[PluginKind, PluginRef]:
+        """The plugins this model names, by kind."""
+        found: dict[PluginKind, PluginRef] = {}
+        if self.preprocessing.plugin is not None:
+            found["preprocess"] = self.preprocessing.plugin
+        if self.postprocessing.plugin is not None:
+            found["postprocess"] = self.postprocessing.plugin
+        return found
 
     @field_validator("version")
     @classmethod
@@ -100,7 +145,39 @@ class ModelConfig(BaseModel):
 def load_model_config(path: str | Path) -> ModelConfig:
     """Read and validate a ``model.toml``.
 
+    A plugin it names must be installed here, from exactly one distribution
+    (its code is not imported yet: that happens when it is first used).
+
     Raises:
-        ConfigError: the file is missing, not TOML, or a field is invalid.
+        ConfigError: the file is missing, not TOML, or a field is invalid, or
+            a plugin it names is not installed or is registered more than once.
     """
-    return load_toml_model(path, ModelConfig, "model config")
+    config = load_toml_model(path, ModelConfig, "model config")
+    try:
+        for kind, ref in config.plugins().items():
+            get_registry().record(kind, ref.name)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, path=path, field=exc.field) from exc
+    return config
+
+
+def resolve_plugins(config: ModelConfig) -> list[PluginRecord]:
+    """Make the hooks of every plugin ``config`` names and say which distribution provided each.
+
+    The compiler calls this before calibration, so a missing plugin or one
+    that refuses its settings stops the compile before any work, and records
+    the result in the package.
+
+    Raises:
+        ConfigError: a plugin is not installed, is registered more than once,
+            cannot be imported, or its factory refuses its settings.
+    """
+    registry = get_registry()
+    records = []
+    for kind, ref in config.plugins().items():
+        if kind == "preprocess":
+            registry.preprocess_hook(ref)
+        else:
+            registry.postprocess_hook(ref)
+        records.append(registry.record(kind, ref.name))
+    return records

@@ -7,9 +7,11 @@ quantization toolchain (calibration) and the runtime call.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+
+from sdk.plugins import PluginRef
 
 __all__ = ["Normalization", "PreprocessSpec", "Window"]
 
@@ -53,6 +55,8 @@ class PreprocessSpec(BaseModel):
         normalization: how intensities map to the model's range.
         channels: 1, or 3 to replicate a grey image into three channels.
         layout: ``NCHW`` (channels first) or ``NHWC``.
+        plugin: a device maker's preprocess plugin (:mod:`sdk.plugins`) applied
+            to the tensor after the built-in steps, or ``None``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -65,6 +69,15 @@ class PreprocessSpec(BaseModel):
     normalization: Normalization = Normalization()
     channels: Literal[1, 3] = 1
     layout: Literal["NCHW", "NHWC"] = "NCHW"
+    plugin: PluginRef | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_plugin(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Without a plugin the manifest stays byte-for-byte what appliances without plugin support read.
+        data: dict[str, Any] = handler(self)
+        if self.plugin is None:
+            data.pop("plugin", None)
+        return data
 
     @model_validator(mode="after")
     def _check_size(self) -> PreprocessSpec:

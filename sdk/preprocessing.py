@@ -43,6 +43,10 @@ The steps, in order, and their exact definitions:
 7. **Channels and layout**: the grey image is replicated into
    ``spec.channels`` channels and laid out as ``(F, C, H, W)`` (NCHW) or
    ``(F, H, W, C)`` (NHWC), float32, C-contiguous.
+8. **Plugin** (``spec.plugin``): a device maker's preprocess hook
+   (:mod:`sdk.plugins`) receives that tensor and returns one of the same
+   shape, float32 and finite. Being part of this function, it runs in
+   calibration exactly as on the appliance.
 
 Only greyscale (MONOCHROME1/2, one sample per pixel) images are accepted;
 colour and palette images are refused by :func:`check_input`.
@@ -62,7 +66,8 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi
 from pydicom.pixels import pixel_array as decode_frame
 
-from sdk.errors import PreprocessingError
+from sdk.errors import ConfigError, PreprocessingError
+from sdk.plugins import PreprocessEvent, get_registry
 from sdk.preprocess_spec import PreprocessSpec, Window
 
 __all__ = ["check_input", "preprocess"]
@@ -130,7 +135,9 @@ def preprocess(ds: Dataset, spec: PreprocessSpec, *, frames: Sequence[int] | Non
             is out of range, the pixel data cannot be decoded (corrupt,
             truncated, unsupported encoding), the rescale or VOI attributes are
             unusable, or ``"voi_lut"`` is asked of a dataset that has no VOI
-            (or, with ``rescale = false``, of one whose rescale is not the identity).
+            (or, with ``rescale = false``, of one whose rescale is not the identity),
+            or the spec's plugin is not installed, fails, or returns a tensor of
+            another shape or dtype, or one with NaN or infinity.
     """
     check_input(ds, spec)
     n_frames = _number_of_frames(ds)
@@ -161,6 +168,8 @@ def preprocess(ds: Dataset, spec: PreprocessSpec, *, frames: Sequence[int] | Non
     x = _resize(x, spec.size)
     x = _normalize(x, spec, windowed=windowed)
     out = _layout(x, spec)
+    if spec.plugin is not None:
+        out = _plugin(ds, out, spec, indices)
     logger.debug("preprocessed %s: %d frame(s) -> %s", ds.get("SOPInstanceUID"), len(indices), out.shape)
     return out
 
@@ -426,6 +435,35 @@ def _layout(x: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     else:
         out = np.broadcast_to(x[:, :, :, np.newaxis], (frames, rows, cols, spec.channels))
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+# --- plugin -------------------------------------------------------------------------------------------------------
+
+
+def _plugin(ds: Dataset, tensor: np.ndarray, spec: PreprocessSpec, indices: list[int]) -> np.ndarray:
+    """Run the spec's plugin on the finished tensor and hold its result to the same contract."""
+    assert spec.plugin is not None
+    name = spec.plugin.name
+    try:
+        hook = get_registry().preprocess_hook(spec.plugin)
+    except ConfigError as exc:
+        raise _error(ds, exc.message, field="preprocessing.plugin") from exc
+    expected = tensor.shape
+    event = PreprocessEvent(ds, tensor, spec, tuple(indices), spec.plugin.settings)
+    try:
+        result = hook(event)
+    except Exception as exc:  # the plugin's failure is this instance's failure, not the service's
+        raise _error(ds, f"preprocess plugin {name!r} failed: {exc!r}", field="preprocessing.plugin") from exc
+    if not isinstance(result, np.ndarray) or result.shape != expected or result.dtype != np.float32:
+        got = f"{result.dtype} {result.shape}" if isinstance(result, np.ndarray) else type(result).__name__
+        raise _error(
+            ds,
+            f"preprocess plugin {name!r} returned {got}, expected float32 {expected}",
+            field="preprocessing.plugin",
+        )
+    if not np.isfinite(result).all():
+        raise _error(ds, f"preprocess plugin {name!r} returned NaN or infinity", field="preprocessing.plugin")
+    return np.ascontiguousarray(result)
 
 
 # --- errors -------------------------------------------------------------------------------------------------------
