@@ -8,10 +8,14 @@ Grouped by what the caller can do::
     │   ├── LoginFailed         wrong username or password, or a disabled user (401)
     │   ├── LoginThrottled      too many failed logins: wait ``retry_after_s`` (429)
     │   ├── PermissionDenied    the role does not allow it (403)
-    │   └── CsrfError           a state-changing request without its CSRF token (403)
+    │   ├── CsrfError           a state-changing request without its CSRF token (403)
+    │   └── EnrollmentRefused   an enrollment or device token is unknown, used, revoked or expired (401)
     ├── AccountError            a user or token cannot be created or changed as asked (400)
     ├── NotFoundError           no such finding, device, user or token (404)
     ├── TransitionError         a finding cannot go from its state to the one asked (409)
+    ├── RolloutRefused          a package cannot go to a device as asked (version does not go up: 409)
+    ├── PackageRejected         an uploaded package does not verify or is too large (400)
+    ├── Unavailable             what is needed is not configured or not reachable (broker folder, MQTT: 503)
     └── AuditChainError         the audit log's hash chain is broken at ``entry_id``
 
 The web app maps each to its HTTP status in one place
@@ -27,12 +31,16 @@ __all__ = [
     "AuditChainError",
     "AuthError",
     "CsrfError",
+    "EnrollmentRefused",
     "LoginFailed",
     "LoginThrottled",
     "NotAuthenticated",
     "NotFoundError",
+    "PackageRejected",
     "PermissionDenied",
+    "RolloutRefused",
     "TransitionError",
+    "Unavailable",
 ]
 
 
@@ -66,6 +74,22 @@ class PermissionDenied(AuthError):
 
 class CsrfError(AuthError):
     """A state-changing request from a browser session lacks its CSRF token, or it does not match."""
+
+
+class EnrollmentRefused(AuthError):
+    """An enrollment token is unknown, used, revoked or expired, or a device token is not valid."""
+
+
+class RolloutRefused(MedgeError):
+    """A package cannot go to a device as asked (e.g. its version does not go up and no admin forced it)."""
+
+
+class PackageRejected(MedgeError):
+    """An uploaded package does not verify against the trusted keys, or is not a package at all."""
+
+
+class Unavailable(MedgeError):
+    """What the request needs is not configured or not reachable now (no broker folder, no MQTT connection)."""
 
 
 class AccountError(MedgeError):

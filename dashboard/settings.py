@@ -44,7 +44,16 @@ from sqlalchemy.exc import ArgumentError
 from sdk.broker_connection import BrokerConnection
 from sdk.config_files import FileSettings, load_toml_model
 
-__all__ = ["DashboardConfig", "FleetSection", "MqttSection", "StoreSection", "WebSection", "load_dashboard_config"]
+__all__ = [
+    "DashboardConfig",
+    "EnrollmentSection",
+    "FleetSection",
+    "MqttSection",
+    "PackagesSection",
+    "StoreSection",
+    "WebSection",
+    "load_dashboard_config",
+]
 
 _SEGMENT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _DATABASES = ("sqlite", "postgresql")
@@ -195,6 +204,40 @@ class FleetSection(_Section):
         return 1.5 * max(self.keepalive_s, self.heartbeat_interval_s)
 
 
+class EnrollmentSection(_Section):
+    """Enrolling appliances: how long a token lives, and the broker folder new devices are added to."""
+
+    token_ttl_s: float = Field(
+        default=24 * 3600.0, gt=0, le=7 * 24 * 3600.0, description="how long a new enrollment token is valid (max 7 d)"
+    )
+    broker_dir: Path | None = Field(
+        default=None,
+        description="the site broker's folder (medge broker init): enrollment adds devices there; unset: no enrollment",
+    )
+    broker_reload: int | Path | None = Field(
+        default=None, description="the broker's pid or pid file, signalled to re-read its credentials and ACL"
+    )
+    broker_host: str | None = Field(
+        default=None, min_length=1, description="the broker host devices dial (default: the broker folder's first)"
+    )
+    broker_port: int | None = Field(default=None, ge=1, le=65535, description="the port devices dial")
+
+
+class PackagesSection(_Section):
+    """Signed model packages: where uploads are kept, which keys they must be signed with, probation."""
+
+    dir: Path | None = Field(default=None, description="where uploaded packages are kept (default: data_dir/packages)")
+    trusted_keys_dir: Path | None = Field(
+        default=None,
+        description="public keys (*.pub) uploads must verify against, also given to devices at enrollment "
+        "(default: data_dir/trusted_keys)",
+    )
+    probation_s: float = Field(
+        default=300.0, ge=0, le=86_400, description="how long a device watches a new package before it is done"
+    )
+    max_upload_bytes: int = Field(default=4 * 1024**3, ge=1024, description="largest package accepted")
+
+
 class DashboardConfig(FileSettings):
     """The whole dashboard config; see the module docstring for overrides."""
 
@@ -206,6 +249,20 @@ class DashboardConfig(FileSettings):
     mqtt: MqttSection = MqttSection()
     web: WebSection = WebSection()
     fleet: FleetSection = FleetSection()
+    enrollment: EnrollmentSection = EnrollmentSection()
+    packages: PackagesSection = PackagesSection()
+
+    @property
+    def packages_dir(self) -> Path:
+        """Where uploaded packages are kept: ``packages.dir`` or ``data_dir/packages``."""
+        return self.packages.dir if self.packages.dir is not None else self.data_dir / "packages"
+
+    @property
+    def trusted_keys_dir(self) -> Path:
+        """The package-signing keys: ``packages.trusted_keys_dir`` or ``data_dir/trusted_keys``."""
+        if self.packages.trusted_keys_dir is not None:
+            return self.packages.trusted_keys_dir
+        return self.data_dir / "trusted_keys"
 
     @property
     def store_url(self) -> str:

@@ -24,6 +24,7 @@ from runtime.engines import Placement
 from sdk.errors import ConfigError, EngineError, PackageError, VerificationError
 from sdk.manifest import Manifest
 from sdk.model_config import resolve_plugins
+from sdk.model_versions import version_key
 from sdk.package import verify_package
 from sdk.plugins import get_registry
 
@@ -61,11 +62,6 @@ class RefusedPackage:
     path: Path
     reason: str
     check: str
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    core = version.split("-", 1)[0].split("+", 1)[0]
-    return tuple(int(part) for part in core.split(".") if part.isdigit())
 
 
 class PackageSet:
@@ -166,7 +162,7 @@ class PackageSet:
         """(Re)load every package in the folder; the newest version of each model goes live."""
         self.close()
         candidates = [live for path in sorted(self.folder.glob("*.medge")) if (live := self._accept(path))]
-        candidates.sort(key=lambda p: _version_key(p.manifest.model.version), reverse=True)
+        candidates.sort(key=lambda p: version_key(p.manifest.model.version), reverse=True)
         for package in candidates:
             if package.name in self.live:
                 package.analyzer.close()

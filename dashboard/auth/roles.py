@@ -27,17 +27,26 @@ class Permission(StrEnum):
     """Create and disable users, create and revoke API tokens."""
     VIEW_AUDIT = "view-audit"
     """The audit log and the dashboard's own health."""
+    ENROLL_DEVICES = "enroll-devices"
+    """Create, list and revoke enrollment tokens for new appliances."""
+    MANAGE_PACKAGES = "manage-packages"
+    """Upload signed model packages, send them to appliances, follow the rollouts."""
+    FORCE_UPDATES = "force-updates"
+    """Send a package whose version does not go up (a downgrade or a reinstall)."""
+    ROTATE_KEYS = "rotate-keys"
+    """Send an endorsed change of the package-signing keys to appliances."""
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.CLINICIAN: frozenset(
         {Permission.VIEW_FINDINGS, Permission.ACT_ON_FINDINGS, Permission.EXPORT_FEEDBACK, Permission.VIEW_FLEET}
     ),
-    Role.TECHNICIAN: frozenset({Permission.VIEW_FLEET}),
+    Role.TECHNICIAN: frozenset({Permission.VIEW_FLEET, Permission.ENROLL_DEVICES, Permission.MANAGE_PACKAGES}),
     Role.ADMIN: frozenset(Permission),
 }
 """Clinicians see and act on findings (and see which appliances are healthy); technicians see the
-fleet; admins may do everything."""
+fleet, enroll appliances and update their packages; admins may do everything, downgrades and key
+rotations included."""
 
 
 @dataclass(frozen=True)

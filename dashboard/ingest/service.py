@@ -37,6 +37,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy import select
 
+from dashboard.errors import Unavailable
 from dashboard.ingest.classify import InboundMessage
 from dashboard.ingest.writer import BatchResult, BatchWriter, StoreUnavailable
 from dashboard.settings import DashboardConfig
@@ -224,6 +225,23 @@ class IngestService:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def send_command(self, command: Command) -> None:
+        """Publish ``command`` on its device's ``cmd`` topic (QoS 1).
+
+        While the broker is away paho keeps the message and sends it on
+        reconnect; a device that is offline gets it from its persistent session.
+
+        Raises:
+            Unavailable: the ingest is not running.
+        """
+        client = self._client
+        if client is None:
+            raise Unavailable("the MQTT ingest is not running: commands cannot be sent")
+        info = client.publish(topic(command.site, command.device, TopicKind.CMD), command.to_json(), qos=1)
+        logger.info(
+            "sent %s command %s to %s/%s (mid %s)", command.command, command.id, command.site, command.device, info.mid
+        )
 
     def stats(self) -> IngestStats:
         """A snapshot of the counters."""

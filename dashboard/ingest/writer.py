@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 import sdk.messages as messages
 from dashboard.ingest.classify import Accepted, InboundMessage, Rejected, classify
+from dashboard.rollouts import apply_command_results, apply_ota_events
 from dashboard.store.engine import Store
 from dashboard.store.models import (
     CommandResult,
@@ -46,6 +47,7 @@ from dashboard.store.models import (
 )
 from dashboard.store.sequence import apply_sequence_numbers
 from sdk.errors import MedgeError
+from sdk.fleet_contracts import OTA_EVENT
 from sdk.topics import TopicKind
 
 __all__ = ["MAX_DEAD_LETTER_BYTES", "BatchResult", "BatchWriter", "StoreUnavailable"]
@@ -321,9 +323,21 @@ class BatchWriter:
                     "received_at": now,
                 }
             )
-        if rows:
-            table: Table = Event.__table__  # type: ignore[assignment]
-            session.execute(self._insert(table).on_conflict_do_nothing(index_elements=["message_id"]), rows)
+        if not rows:
+            return
+        table: Table = Event.__table__  # type: ignore[assignment]
+        statement = (
+            self._insert(table).on_conflict_do_nothing(index_elements=["message_id"]).returning(table.c.message_id)
+        )
+        inserted = set(session.execute(statement, rows).scalars())
+        # Over-the-air steps move their rollout in this same transaction (new events only: a re-send changes nothing).
+        ota = [
+            (row["device_id"], row["message_id"], row["created"], row["detail"])
+            for row in rows
+            if row["kind"] == OTA_EVENT and row["message_id"] in inserted
+        ]
+        if ota:
+            apply_ota_events(session, ota, now)
 
     def _heartbeats(
         self, session: Session, items: list[Accepted], devices: dict[DeviceKey, Device], now: datetime
@@ -395,9 +409,20 @@ class BatchWriter:
                     "received_at": now,
                 }
             )
-        if rows:
-            table: Table = CommandResult.__table__  # type: ignore[assignment]
-            session.execute(self._insert(table).on_conflict_do_nothing(index_elements=["message_id"]), rows)
+        if not rows:
+            return
+        table: Table = CommandResult.__table__  # type: ignore[assignment]
+        statement = (
+            self._insert(table).on_conflict_do_nothing(index_elements=["message_id"]).returning(table.c.message_id)
+        )
+        inserted = set(session.execute(statement, rows).scalars())
+        answers = [
+            (row["device_id"], row["message_id"], row["correlation_id"], row["ok"], row["error"], row["created"])
+            for row in rows
+            if row["message_id"] in inserted
+        ]
+        if answers:
+            apply_command_results(session, answers, now)
 
     @staticmethod
     def _statuses(items: list[Accepted], devices: dict[DeviceKey, Device], now: datetime) -> None:

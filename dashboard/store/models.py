@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from sqlalchemy import (
+    BigInteger,
     Enum,
     ForeignKey,
     Index,
@@ -41,14 +42,20 @@ __all__ = [
     "DeadLetterCount",
     "DeadLetterReason",
     "Device",
+    "DeviceCredential",
     "DeviceState",
+    "EnrollmentToken",
     "Event",
     "Feedback",
     "Finding",
     "FindingState",
     "Heartbeat",
     "LoginThrottle",
+    "Package",
     "Role",
+    "Rollout",
+    "RolloutState",
+    "RolloutStep",
     "SequenceGap",
     "User",
     "Verdict",
@@ -90,6 +97,24 @@ class Role(StrEnum):
     """Sees the fleet: appliances, their health and events."""
     ADMIN = "admin"
     """Everything, plus users, API tokens and the audit log."""
+
+
+class RolloutState(StrEnum):
+    """Where an update of one device stands (issue 7); the last three end it."""
+
+    OFFERED = "offered"
+    """Handed to the device at enrollment: its provisioning installs it."""
+    SENT = "sent"
+    """The ``update`` command is published; no answer yet."""
+    RUNNING = "running"
+    """The device accepted it and reports its steps."""
+    DONE = "done"
+    ROLLED_BACK = "rolled-back"
+    REFUSED = "refused"
+
+    @property
+    def final(self) -> bool:
+        return self in (RolloutState.DONE, RolloutState.ROLLED_BACK, RolloutState.REFUSED)
 
 
 class Verdict(StrEnum):
@@ -415,3 +440,99 @@ class AuditEntry(Base):
     detail: Mapped[str] = mapped_column(Text, comment="canonical JSON")
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+# Enrollment, packages and rollouts (revision 0003) ----------------------------------------------------
+
+
+class EnrollmentToken(Base):
+    """A single-use, expiring token a technician hands to an appliance's provisioning. Only its SHA-256 is stored."""
+
+    __tablename__ = "enrollment_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16), comment="the token's first characters, to recognise it")
+    site: Mapped[str] = mapped_column(String(64))
+    device: Mapped[str | None] = mapped_column(String(64), comment="the only device name it enrolls; NULL: any")
+    device_group: Mapped[str | None] = mapped_column(String(64), comment="the group the device joins")
+    package_sha256: Mapped[str | None] = mapped_column(
+        ForeignKey("packages.sha256"), comment="the package offered to the device at enrollment"
+    )
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    used_by: Mapped[str | None] = mapped_column(String(129), comment="site/device it enrolled")
+    revoked_at: Mapped[datetime | None]
+
+
+class DeviceCredential(Base):
+    """How an enrolled appliance authenticates to the device API. Only its token's SHA-256 is stored."""
+
+    __tablename__ = "device_credentials"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    enrolled_at: Mapped[datetime]
+    public_key_sha256: Mapped[str] = mapped_column(String(64), comment="SHA-256 of the CSR's public key (DER)")
+    device_group: Mapped[str | None] = mapped_column(String(64), index=True)
+    profile: Mapped[str | None] = mapped_column(String(64))
+    medge_version: Mapped[str | None] = mapped_column(String(64))
+    enrollment_token_id: Mapped[int | None] = mapped_column(ForeignKey("enrollment_tokens.id"))
+
+
+class Package(Base):
+    """A signed model package uploaded to the dashboard, kept as a file named by its SHA-256."""
+
+    __tablename__ = "packages"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    profile: Mapped[str] = mapped_column(String(64))
+    precision: Mapped[str] = mapped_column(String(16))
+    size: Mapped[int] = mapped_column(BigInteger)
+    signer_key_id: Mapped[str] = mapped_column(String(64))
+    uploaded_by: Mapped[str] = mapped_column(String(64))
+    uploaded_at: Mapped[datetime]
+    file_path: Mapped[str] = mapped_column(Text)
+
+
+class Rollout(Base):
+    """One package going to one device: the ``update`` command sent and the steps the device reported."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (Index(None, "device_id", "created_at"), Index(None, "state"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    update_id: Mapped[str] = mapped_column(String(128), unique=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    package_sha256: Mapped[str] = mapped_column(ForeignKey("packages.sha256"))
+    force: Mapped[bool]
+    requested_by: Mapped[str] = mapped_column(String(128))
+    command_id: Mapped[str | None] = mapped_column(String(128), index=True, comment="the update command's id")
+    created_at: Mapped[datetime]
+    state: Mapped[RolloutState] = mapped_column(_enum(RolloutState, 16))
+    last_step: Mapped[str | None] = mapped_column(String(16))
+    progress: Mapped[float | None]
+    reason: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime]
+
+
+class RolloutStep(Base):
+    """One step a device reported for a rollout (an ``ota`` event), or its answer to the command."""
+
+    __tablename__ = "rollout_steps"
+    __table_args__ = (Index(None, "rollout_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"))
+    message_id: Mapped[str] = mapped_column(String(128), unique=True, comment="the event or command result's id")
+    step: Mapped[str] = mapped_column(String(16))
+    ok: Mapped[bool]
+    reason: Mapped[str | None] = mapped_column(Text)
+    progress: Mapped[float | None]
+    created: Mapped[datetime] = mapped_column(comment="device time")
+    received_at: Mapped[datetime]

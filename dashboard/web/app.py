@@ -15,25 +15,31 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dashboard.enrollment import BrokerRegistrar
 from dashboard.errors import (
     AccountError,
     CsrfError,
+    EnrollmentRefused,
     LoginFailed,
     LoginThrottled,
     NotAuthenticated,
     NotFoundError,
     PermissionDenied,
+    RolloutRefused,
     TransitionError,
+    Unavailable,
 )
 from dashboard.ingest.service import IngestService
 from dashboard.settings import DashboardConfig
 from dashboard.store.engine import Store, create_store
-from dashboard.web.api import devices, feedback, findings, meta, stream
+from dashboard.web.api import device_api, devices, enrollment, feedback, findings, meta, packages, stream
 from dashboard.web.context import WebContext
 from dashboard.web.gate import Gate, is_api_path
 from dashboard.web.pages import admin, auth
+from dashboard.web.pages import enrollment as enrollment_pages
 from dashboard.web.pages import findings as finding_pages
 from dashboard.web.pages import fleet as fleet_pages
+from dashboard.web.pages import packages as package_pages
 from dashboard.web.rendering import STATIC_DIR, app_version
 from sdk.errors import MedgeError
 
@@ -43,12 +49,15 @@ logger = logging.getLogger(__name__)
 
 _STATUS: list[tuple[type[MedgeError], int]] = [
     (NotAuthenticated, 401),
+    (EnrollmentRefused, 401),
     (LoginFailed, 401),
     (LoginThrottled, 429),
     (PermissionDenied, 403),
     (CsrfError, 403),
     (NotFoundError, 404),
     (TransitionError, 409),
+    (RolloutRefused, 409),
+    (Unavailable, 503),
     (AccountError, 400),
 ]
 """MedgeError → HTTP status; any other MedgeError is a 400 (the caller asked for something it cannot have)."""
@@ -62,6 +71,7 @@ _TITLES = {
     409: "Not possible now",
     413: "Too large",
     429: "Too many attempts",
+    503: "Not available",
 }
 
 
@@ -72,14 +82,22 @@ def _status_of(exc: MedgeError) -> int:
     return 400
 
 
-def create_app(config: DashboardConfig, store: Store | None = None, ingest: IngestService | None = None) -> FastAPI:
+def create_app(
+    config: DashboardConfig,
+    store: Store | None = None,
+    ingest: IngestService | None = None,
+    *,
+    registrar: BrokerRegistrar | None = None,
+) -> FastAPI:
     """Build the dashboard's web app (pages, REST API under ``/api/v1``, live feed).
 
     Args:
         config: the dashboard config (``web`` and ``fleet`` sections matter here).
         store: the open store to read and write (shared with the ingest); default:
             opened from ``config`` and closed when the app shuts down.
-        ingest: the in-process ingest, for its health on ``/healthz`` and the system page.
+        ingest: the in-process ingest, for its health on ``/healthz`` and the system page, and
+            to send commands (package updates, key rotations) to devices.
+        registrar: adds enrolled devices to the broker; without it enrollment answers 503.
 
     Raises:
         StoreError: the store had to be opened and could not be.
@@ -87,7 +105,7 @@ def create_app(config: DashboardConfig, store: Store | None = None, ingest: Inge
     owns_store = store is None
     if store is None:
         store = create_store(config.store_url)
-    context = WebContext.build(config, store, ingest)
+    context = WebContext.build(config, store, ingest, registrar)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -104,7 +122,9 @@ def create_app(config: DashboardConfig, store: Store | None = None, ingest: Inge
         version=app_version(),
         description=(
             "Findings, appliances, events and reviewers' feedback of a medge site. Authenticate with an API "
-            "token (`Authorization: Bearer medge_...`, created by an admin on the Users page) or a browser session."
+            "token (`Authorization: Bearer medge_...`, created by an admin on the Users page) or a browser session. "
+            "Appliances use the device API (`POST /api/v1/enroll` with a single-use enrollment token, then "
+            "`/api/v1/device/...` with their device token)."
         ),
         docs_url=None,  # Swagger UI comes from a CDN: /api/v1/docs renders the schema from shipped templates instead
         redoc_url=None,
@@ -115,7 +135,22 @@ def create_app(config: DashboardConfig, store: Store | None = None, ingest: Inge
     app.state.medge = context
     app.add_middleware(Gate, context=context)  # type: ignore[arg-type]
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    for module in (auth, finding_pages, fleet_pages, admin, findings, devices, feedback, stream, meta):
+    for module in (
+        auth,
+        finding_pages,
+        fleet_pages,
+        enrollment_pages,
+        package_pages,
+        admin,
+        findings,
+        devices,
+        feedback,
+        stream,
+        device_api,
+        enrollment,
+        packages,
+        meta,
+    ):
         app.include_router(module.router)
     _add_health(app, context)
     _add_error_handlers(app, context)

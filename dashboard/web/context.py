@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from dashboard.auth.sessions import Authenticator, SessionPolicy
 from dashboard.auth.throttle import ThrottlePolicy
+from dashboard.enrollment import BrokerRegistrar
 from dashboard.ingest.service import IngestService
 from dashboard.settings import DashboardConfig
 from dashboard.store.engine import Store
@@ -63,11 +64,18 @@ class WebContext:
     auth: Authenticator
     live: LiveFeed
     renderer: Renderer
+    registrar: BrokerRegistrar | None = None
     started: float = field(default_factory=time.time)
     _options: _Cached = field(default_factory=lambda: _Cached(_OPTIONS_TTL_S))
 
     @classmethod
-    def build(cls, config: DashboardConfig, store: Store, ingest: IngestService | None) -> WebContext:
+    def build(
+        cls,
+        config: DashboardConfig,
+        store: Store,
+        ingest: IngestService | None,
+        registrar: BrokerRegistrar | None = None,
+    ) -> WebContext:
         web = config.web
         auth = Authenticator(
             store,
@@ -77,7 +85,7 @@ class WebContext:
             ),
         )
         live = LiveFeed(store, poll_s=web.live_poll_ms / 1000.0, silent_after_s=config.fleet.silent_after_s)
-        return cls(config, store, ingest, auth, live, Renderer(config))
+        return cls(config, store, ingest, auth, live, Renderer(config), registrar)
 
     def filter_options(self) -> FilterOptions:
         """Sites and devices from the device registry; modalities and labels seen (refreshed every minute)."""

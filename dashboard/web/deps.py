@@ -16,9 +16,11 @@ __all__ = [
     "ActsOnFindings",
     "AuditViewer",
     "ContextDep",
+    "DeviceEnroller",
     "FeedbackExporter",
     "FindingsViewer",
     "FleetViewer",
+    "PackageManager",
     "PrincipalDep",
     "UserManager",
     "actor_of",
@@ -59,6 +61,8 @@ FeedbackExporter = Annotated[Principal, Depends(require(Permission.EXPORT_FEEDBA
 FleetViewer = Annotated[Principal, Depends(require(Permission.VIEW_FLEET))]
 UserManager = Annotated[Principal, Depends(require(Permission.MANAGE_USERS))]
 AuditViewer = Annotated[Principal, Depends(require(Permission.VIEW_AUDIT))]
+DeviceEnroller = Annotated[Principal, Depends(require(Permission.ENROLL_DEVICES))]
+PackageManager = Annotated[Principal, Depends(require(Permission.MANAGE_PACKAGES))]
 
 
 def actor_of(principal: Principal) -> Actor:

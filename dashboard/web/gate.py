@@ -6,13 +6,20 @@ closed to anonymous requests, and a form added without a token is still
 refused. Only ``PUBLIC_PATHS`` (login, health) and ``/static/`` pass without
 a principal; the routes' dependencies then check the role.
 
+The device API (:func:`is_device_path`: ``POST /api/v1/enroll`` and
+``/api/v1/device/...``) is the one exception: appliances, not people, call
+it, with their own credentials (the single-use enrollment token in the body,
+the device token as ``Authorization: Bearer``) that its routes check
+themselves. It takes no cookies, so it needs no CSRF token.
+
 - **Who**: ``Authorization: Bearer medge_...`` (an API token), else the
   ``medge_session`` cookie. Without either: ``401`` under ``/api/``, a
   redirect to ``/login`` elsewhere.
 - **CSRF**: a POST/PUT/PATCH/DELETE carried by a session cookie must bring
   the session's CSRF token, in the ``X-CSRF-Token`` header or the
-  ``csrf_token`` form field; the login form (no session yet) uses a
-  double-submit cookie. Token-authenticated calls carry no cookie, so they
+  ``csrf_token`` form field (a file upload, ``multipart/form-data``, in the
+  ``csrf_token`` query parameter: the gate does not parse uploads); the login
+  form (no session yet) uses a double-submit cookie. Token-authenticated calls carry no cookie, so they
   need none. A cross-site ``Origin`` is refused outright.
 - **Headers**: a Content-Security-Policy that allows nothing but this origin
   (no CDN could load even by mistake), no framing, no sniffing, no referrer,
@@ -39,11 +46,13 @@ from dashboard.web.context import WebContext
 __all__ = [
     "CSRF_FIELD",
     "CSRF_HEADER",
+    "DEVICE_PATHS",
     "LOGIN_CSRF_COOKIE",
     "PUBLIC_PATHS",
     "SESSION_COOKIE",
     "Gate",
     "is_api_path",
+    "is_device_path",
 ]
 
 logger = logging.getLogger(__name__)
@@ -59,6 +68,8 @@ LOGIN_CSRF_COOKIE = "medge_login_csrf"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 PUBLIC_PATHS = frozenset({"/login", "/healthz", "/favicon.ico"})
+DEVICE_PATHS = ("/api/v1/enroll", "/api/v1/device/")
+"""The device API: the exact enroll path and everything under ``/api/v1/device/``."""
 _PUBLIC_PREFIX = "/static/"
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _MAX_FORM_BYTES = 64 * 1024
@@ -82,6 +93,11 @@ def is_api_path(path: str) -> bool:
     return path == "/api" or path.startswith("/api/")
 
 
+def is_device_path(path: str) -> bool:
+    """True for the device API, whose routes authenticate appliances themselves."""
+    return path == DEVICE_PATHS[0] or path.startswith(DEVICE_PATHS[1])
+
+
 def _public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(_PUBLIC_PREFIX)
 
@@ -100,6 +116,10 @@ class Gate:
         send = self._secure_headers(scope, send)
         headers = Headers(scope=scope)
         path: str = scope["path"]
+        if is_device_path(path):
+            scope.setdefault("state", {})["principal"] = None
+            await self.app(scope, receive, send)
+            return
         client = scope.get("client")
         client_ip = client[0] if client else None
         try:
@@ -165,6 +185,9 @@ class Gate:
                 return None
             supplied = parse_qs(body.decode("latin-1")).get(CSRF_FIELD, [None])[0]
             replay = _replay(body, receive)
+        elif supplied is None and headers.get("content-type", "").startswith("multipart/form-data"):
+            query = scope.get("query_string", b"").decode("latin-1")
+            supplied = parse_qs(query).get(CSRF_FIELD, [None])[0]
         if not expected or not supplied or not hmac.compare_digest(expected.encode(), supplied.encode()):
             logger.warning("refused %s %s: CSRF token missing or wrong", scope["method"], scope["path"])
             await self._refuse(scope, send, 403, "the form's CSRF token is missing or wrong: reload the page")

@@ -12,22 +12,35 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dashboard.store.models import Event, Feedback, Finding, FindingState, Verdict
+from dashboard.enrollment import EnrollmentTokenInfo
+from dashboard.packages import PackageInfo
+from dashboard.rollouts import RolloutInfo
+from dashboard.store.models import Event, Feedback, Finding, FindingState, RolloutState, Verdict
+from sdk.fleet_contracts import KeyRotation
 
 __all__ = [
     "AuditEntryPublic",
     "AuditPage",
     "DeviceMetricsPublic",
     "DevicePublic",
+    "EnrollmentTokenCreate",
+    "EnrollmentTokenCreated",
+    "EnrollmentTokenPublic",
     "EventPublic",
     "EventsPage",
     "FeedbackPublic",
     "FindingDetail",
     "FindingSummary",
     "FindingsPagePublic",
+    "KeyRotationRequest",
     "MePublic",
+    "ModelPackagePublic",
     "PackagePublic",
     "ReviewRequest",
+    "RolloutPublic",
+    "RolloutRequest",
+    "RolloutStepPublic",
+    "SentCommandPublic",
 ]
 
 
@@ -272,3 +285,185 @@ class MePublic(_Public):
     kind: Literal["session", "token"]
     role: str
     permissions: list[str]
+
+
+# Enrollment, packages, rollouts (issue 7) -------------------------------------------------------------
+
+_SEGMENT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class EnrollmentTokenCreate(BaseModel):
+    """Ask for an enrollment token."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    site: str = Field(pattern=_SEGMENT, description="the site the device belongs to")
+    device: str | None = Field(default=None, pattern=_SEGMENT, description="the only device name it may enroll")
+    group: str | None = Field(default=None, pattern=_SEGMENT, description="the group the device joins")
+    package_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$", description="a package to offer the device at enrollment"
+    )
+    ttl_s: float | None = Field(default=None, gt=0, description="validity; default and maximum: enrollment.token_ttl_s")
+
+
+class EnrollmentTokenPublic(_Public):
+    """An enrollment token as listed (never the token itself)."""
+
+    id: int
+    prefix: str
+    site: str
+    device: str | None
+    group: str | None
+    package_sha256: str | None
+    created_by: str
+    created_at: datetime
+    expires_at: datetime
+    used_at: datetime | None
+    used_by: str | None
+    revoked_at: datetime | None
+    state: Literal["active", "used", "revoked", "expired"]
+
+    @classmethod
+    def of(cls, info: EnrollmentTokenInfo) -> EnrollmentTokenPublic:
+        return cls(
+            id=info.id,
+            prefix=info.prefix,
+            site=info.site,
+            device=info.device,
+            group=info.group,
+            package_sha256=info.package_sha256,
+            created_by=info.created_by,
+            created_at=info.created_at,
+            expires_at=info.expires_at,
+            used_at=info.used_at,
+            used_by=info.used_by,
+            revoked_at=info.revoked_at,
+            state=info.state(),  # type: ignore[arg-type]
+        )
+
+
+class EnrollmentTokenCreated(_Public):
+    """A new enrollment token: ``token`` is shown this once."""
+
+    token: str
+    command: str = Field(description="what to type on the appliance")
+    info: EnrollmentTokenPublic
+
+
+class ModelPackagePublic(_Public):
+    """An uploaded, verified model package."""
+
+    sha256: str
+    name: str
+    version: str
+    profile: str
+    precision: str
+    size: int
+    signer_key_id: str
+    uploaded_by: str
+    uploaded_at: datetime
+
+    @classmethod
+    def of(cls, info: PackageInfo) -> ModelPackagePublic:
+        return cls(
+            sha256=info.sha256,
+            name=info.name,
+            version=info.version,
+            profile=info.profile,
+            precision=info.precision,
+            size=info.size,
+            signer_key_id=info.signer_key_id,
+            uploaded_by=info.uploaded_by,
+            uploaded_at=info.uploaded_at,
+        )
+
+
+class RolloutRequest(BaseModel):
+    """Send a package to devices (row ids), groups and sites."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    devices: list[int] = []
+    groups: list[str] = []
+    sites: list[str] = []
+    force: bool = Field(default=False, description="send it even if the version does not go up (admins only)")
+
+
+class RolloutStepPublic(_Public):
+    """A step a device reported."""
+
+    step: str
+    ok: bool
+    reason: str | None
+    progress: float | None
+    created: datetime
+    received_at: datetime
+
+
+class RolloutPublic(_Public):
+    """One package going to one device, and where it stands."""
+
+    update_id: str
+    device_id: int
+    site: str
+    device: str
+    package_sha256: str
+    package: str = Field(description="'{name} {version}'")
+    force: bool
+    requested_by: str
+    created_at: datetime
+    state: RolloutState
+    last_step: str | None
+    progress: float | None
+    reason: str | None
+    updated_at: datetime
+    steps: list[RolloutStepPublic]
+
+    @classmethod
+    def of(cls, info: RolloutInfo) -> RolloutPublic:
+        return cls(
+            update_id=info.update_id,
+            device_id=info.device_id,
+            site=info.site,
+            device=info.device,
+            package_sha256=info.package_sha256,
+            package=f"{info.package_name} {info.package_version}",
+            force=info.force,
+            requested_by=info.requested_by,
+            created_at=info.created_at,
+            state=info.state,
+            last_step=info.last_step,
+            progress=info.progress,
+            reason=info.reason,
+            updated_at=info.updated_at,
+            steps=[
+                RolloutStepPublic(
+                    step=s.step,
+                    ok=s.ok,
+                    reason=s.reason,
+                    progress=s.progress,
+                    created=s.created,
+                    received_at=s.received_at,
+                )
+                for s in info.steps
+            ],
+        )
+
+
+class KeyRotationRequest(BaseModel):
+    """Send an endorsed key change (``medge keys endorse``) to devices, groups and sites (admins only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rotation: KeyRotation
+    devices: list[int] = []
+    groups: list[str] = []
+    sites: list[str] = []
+
+
+class SentCommandPublic(_Public):
+    """A command published to a device; its answer carries ``command_id`` as correlation id."""
+
+    site: str
+    device: str
+    command_id: str

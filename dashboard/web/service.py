@@ -11,6 +11,7 @@ import signal
 import threading
 from types import FrameType
 
+from dashboard.enrollment import BrokerRegistrar
 from dashboard.ingest.service import IngestService
 from dashboard.settings import DashboardConfig
 from dashboard.store.engine import Store, create_store
@@ -29,6 +30,10 @@ def _noted(signum: int, _frame: FrameType | None) -> None:
 class DashboardService:
     """Store + ingest + web app + uvicorn, on the config's addresses.
 
+    ``registrar`` adds enrolled devices to the broker (``medge dashboard``
+    passes a ``firmware_integration.broker.registrar.FolderRegistrar`` when
+    ``[enrollment] broker_dir`` is set); without it enrollment answers 503.
+
     The store is opened (and migrated) and the web socket bound when this
     object is made, so a bad URL or a busy port fails here, before anything
     runs; :attr:`url` is then known.
@@ -38,12 +43,15 @@ class DashboardService:
         ConfigError: the web address cannot be bound.
     """
 
-    def __init__(self, config: DashboardConfig, *, ingest: bool = True) -> None:
+    def __init__(
+        self, config: DashboardConfig, *, ingest: bool = True, registrar: BrokerRegistrar | None = None
+    ) -> None:
         self.config = config
         self.store: Store = create_store(config.store_url)
         try:
             self.ingest = IngestService(config, self.store) if ingest else None
-            self.server = DashboardServer(create_app(config, self.store, self.ingest), config)
+            app = create_app(config, self.store, self.ingest, registrar=registrar)
+            self.server = DashboardServer(app, config)
         except BaseException:
             self.store.close()
             raise

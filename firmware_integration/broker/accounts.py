@@ -30,7 +30,13 @@ from firmware_integration.broker.folder import (
     now,
 )
 from firmware_integration.broker.passwords import PasswordFile, generate_password
-from firmware_integration.broker.pki import issue, load_certificate, load_private_key
+from firmware_integration.broker.pki import (
+    CertifiablePublicKey,
+    issue,
+    load_certificate,
+    load_private_key,
+    public_key_from_csr,
+)
 from sdk.errors import ConfigError
 from sdk.topics import check_segment
 
@@ -146,7 +152,13 @@ def read_broker_settings(directory: str | Path) -> BrokerSettings:
 
 
 def add_device(
-    directory: str | Path, site: str, device: str, *, password: str | None = None, replace: bool = False
+    directory: str | Path,
+    site: str,
+    device: str,
+    *,
+    password: str | None = None,
+    replace: bool = False,
+    csr_pem: bytes | str | None = None,
 ) -> Credentials:
     """Let appliance ``{site}/{device}`` connect: a password-file entry or a client certificate.
 
@@ -156,6 +168,9 @@ def add_device(
         device: the device name (a topic segment).
         password: use this password instead of a random one (password auth only).
         replace: issue new credentials for a registered device; its old ones stop working.
+        csr_pem: the device's own CSR (subject CN ``{site}/{device}``, checked with its
+            signature): with certificate auth the certificate is issued for its key,
+            which never leaves the device (the credentials then hold no key).
 
     Returns:
         The credentials to hand to the appliance (write them with :meth:`Credentials.write`).
@@ -168,7 +183,8 @@ def add_device(
     check_segment(site, "site")
     check_segment(device, "device")
     entry = DeviceEntry(site=site, device=device, added=now())
-    return _add(BrokerFolder(directory), entry, "device", password, replace)
+    public_key = public_key_from_csr(csr_pem, entry.username) if csr_pem is not None else None
+    return _add(BrokerFolder(directory), entry, "device", password, replace, public_key)
 
 
 def add_dashboard(
@@ -216,6 +232,7 @@ def _add(
     role: Literal["device", "dashboard"],
     password: str | None,
     replace: bool,
+    public_key: CertifiablePublicKey | None = None,
 ) -> Credentials:
     username = entry.username
     secret: str | None = None
@@ -244,10 +261,13 @@ def _add(
                     path=folder.ca_key,
                 )
             issued = issue(
-                load_certificate(folder.ca_cert, "CA certificate"), load_private_key(folder.ca_key, "CA key"), username
+                load_certificate(folder.ca_cert, "CA certificate"),
+                load_private_key(folder.ca_key, "CA key"),
+                username,
+                public_key=public_key,
             )
             entry.cert_serial = f"{issued.serial:x}"
-            cert, key = issued.cert_pem, issued.key_pem
+            cert, key = issued.cert_pem, issued.key_pem or None
         old = _take(settings, role, username)
         if old is not None:
             _revoke(settings, old)

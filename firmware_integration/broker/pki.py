@@ -18,12 +18,12 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sdk.errors import ConfigError
 
-__all__ = ["IssuedCertificate", "TlsMaterial"]
+__all__ = ["IssuedCertificate", "TlsMaterial", "public_key_from_csr"]
 
 CA_DAYS = 3650
 SERVER_DAYS = 1825
@@ -49,9 +49,13 @@ class TlsMaterial:
     ca_key: Path | None = None
 
 
+CertifiablePublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+"""The key types a client certificate may be issued for (what TLS clients use)."""
+
+
 @dataclass(frozen=True)
 class IssuedCertificate:
-    """A certificate and its new private key, both PEM."""
+    """A certificate and its new private key, both PEM (``key_pem`` is empty when the key was the caller's)."""
 
     cert_pem: bytes
     key_pem: bytes
@@ -109,7 +113,7 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _builder(
-    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey, days: int
+    subject: x509.Name, issuer: x509.Name, public_key: CertifiablePublicKey, days: int
 ) -> x509.CertificateBuilder:
     start = datetime.now(UTC) - _BACKDATE
     return (
@@ -166,15 +170,20 @@ def issue(
     *,
     server_names: Sequence[str] = (),
     days: int | None = None,
+    public_key: CertifiablePublicKey | None = None,
 ) -> IssuedCertificate:
-    """A new key and its certificate signed by the CA: for a server if ``server_names``, else for a client."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    """A certificate signed by the CA: for a server if ``server_names``, else for a client.
+
+    With ``public_key`` (e.g. from a device's CSR, see :func:`public_key_from_csr`)
+    the certificate is for that key, whose private half stays with its owner;
+    otherwise a new key is made and returned with it.
+    """
+    key = ec.generate_private_key(ec.SECP256R1()) if public_key is None else None
+    subject_key: CertifiablePublicKey = key.public_key() if key is not None else public_key  # type: ignore[assignment]
     server = bool(server_names)
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (
-        _builder(
-            _name(common_name), ca_cert.subject, key.public_key(), days or (SERVER_DAYS if server else CLIENT_DAYS)
-        )
+        _builder(_name(common_name), ca_cert.subject, subject_key, days or (SERVER_DAYS if server else CLIENT_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -182,7 +191,7 @@ def issue(
                 content_commitment=False,
                 key_encipherment=False,
                 data_encipherment=False,
-                key_agreement=True,
+                key_agreement=isinstance(subject_key, ec.EllipticCurvePublicKey),
                 key_cert_sign=False,
                 crl_sign=False,
                 encipher_only=False,
@@ -191,13 +200,39 @@ def issue(
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
     )
     if server:
         builder = builder.add_extension(x509.SubjectAlternativeName(_host_names(server_names)), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
-    return IssuedCertificate(cert_pem(cert), key_pem(key), cert.serial_number)
+    return IssuedCertificate(cert_pem(cert), b"" if key is None else key_pem(key), cert.serial_number)
+
+
+def public_key_from_csr(csr_pem: bytes | str, common_name: str) -> CertifiablePublicKey:
+    """The public key of a CSR whose own signature holds and whose subject CN is ``common_name``.
+
+    The signature proves the requester holds the private key; the CN is the
+    broker identity the certificate will carry, so it must be the one asked.
+
+    Raises:
+        ConfigError: not a PEM CSR, a bad signature, another CN, or an unsupported key type.
+    """
+    data = csr_pem.encode() if isinstance(csr_pem, str) else csr_pem
+    try:
+        csr = x509.load_pem_x509_csr(data)
+    except ValueError as exc:
+        raise ConfigError("not a PEM certificate signing request", field="csr_pem") from exc
+    if not csr.is_signature_valid:
+        raise ConfigError("the CSR's signature does not check out: it was not made with its key", field="csr_pem")
+    names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1 or names[0].value != common_name:
+        found = names[0].value if names else None
+        raise ConfigError(f"the CSR's subject CN must be {common_name!r}, not {found!r}", field="csr_pem")
+    key = csr.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey):
+        raise ConfigError(f"a client certificate cannot be issued for a {type(key).__name__}", field="csr_pem")
+    return key
 
 
 def build_crl(

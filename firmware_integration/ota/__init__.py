@@ -24,7 +24,6 @@ from firmware_integration.ota.errors import OtaError
 from firmware_integration.ota.journal import Journal, JournalEntry
 from firmware_integration.ota.keys import RotationResult, rotate_keys
 from firmware_integration.ota.slots import SLOT_NAMES, Slots
-from firmware_integration.ota.versions import version_key
 
 __all__ = [
     "SLOT_NAMES",
@@ -39,5 +38,4 @@ __all__ = [
     "Slots",
     "download_client",
     "rotate_keys",
-    "version_key",
 ]

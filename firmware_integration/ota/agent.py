@@ -35,7 +35,6 @@ from firmware_integration.ota.errors import OtaError
 from firmware_integration.ota.journal import FINAL_STEPS, Journal, JournalEntry
 from firmware_integration.ota.keys import RotationResult, rotate_keys
 from firmware_integration.ota.slots import Slots
-from firmware_integration.ota.versions import version_key
 from runtime.packages import EventSink, PackageSet
 from runtime.reporting import CommandHandler
 from sdk.appliance_config import ApplianceConfig
@@ -43,6 +42,7 @@ from sdk.config_files import config_error_from_validation
 from sdk.errors import PackageError, VerificationError
 from sdk.fleet_contracts import OTA_EVENT, KeyRotation, OtaReport, OtaStep, PackageOffer, UpdateRequest
 from sdk.messages import Command, PackageRef
+from sdk.model_versions import version_key
 from sdk.package import open_package, verify_package
 from sdk.trust import TrustStore, local_config_dir
 

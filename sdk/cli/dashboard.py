@@ -58,7 +58,12 @@ def _serve(path: Path, json_logs: bool) -> None:
         from runtime.service_logging import configure_json_logging
 
         configure_json_logging(logging.INFO)
-    service = DashboardService(settings)
+    registrar = None
+    if settings.enrollment.broker_dir is not None:
+        from firmware_integration.broker.registrar import FolderRegistrar
+
+        registrar = FolderRegistrar(settings.enrollment.broker_dir, reload_target=settings.enrollment.broker_reload)
+    service = DashboardService(settings, registrar=registrar)
     with service.store.session() as session:
         users = session.scalar(select(func.count()).select_from(User)) or 0
     console.print(
@@ -69,6 +74,10 @@ def _serve(path: Path, json_logs: bool) -> None:
         console.print(
             "[yellow]no users yet:[/] run [bold]medge dashboard create-user --config "
             f"{escape(str(path))} --username admin --role admin[/]"
+        )
+    if registrar is None:
+        console.print(
+            f"[yellow]enrollment is off:[/] set [bold]{escape('[enrollment] broker_dir')}[/] to enroll appliances"
         )
     service.run()
 

@@ -214,7 +214,7 @@ def test_reload_refuses_stale_pid_files(tmp_path: Path) -> None:
 
 def test_all_is_the_public_surface() -> None:
     public = {name for name in dir(broker_api) if not name.startswith("_")}
-    modules = {"accounts", "config", "folder", "passwords", "pki"}
+    modules = {"accounts", "config", "folder", "passwords", "pki", "registrar"}
     assert public - modules == set(broker_api.__all__)
     for name in broker_api.__all__:
         assert getattr(broker_api, name) is not None

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from firmware_integration.ota import Journal, OtaError, Slots, version_key
+from firmware_integration.ota import Journal, OtaError, Slots
+from sdk.model_versions import version_key
 
 
 def _slots(tmp_path: Path) -> Slots:

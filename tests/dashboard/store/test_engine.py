@@ -32,6 +32,11 @@ TABLES = {
     "command_results",
     "dead_letters",
     "dead_letter_counts",
+    "enrollment_tokens",
+    "device_credentials",
+    "packages",
+    "rollouts",
+    "rollout_steps",
 }
 
 

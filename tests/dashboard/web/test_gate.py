@@ -8,7 +8,7 @@ import pytest
 from fastapi.routing import iter_route_contexts
 
 from dashboard.store import Role
-from dashboard.web.gate import PUBLIC_PATHS
+from dashboard.web.gate import PUBLIC_PATHS, is_device_path
 from tests.dashboard.web.conftest import Site
 
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
@@ -29,7 +29,21 @@ def _routes(site: Site) -> list[tuple[str, str]]:
 
 
 def _private(site: Site) -> list[tuple[str, str]]:
-    return [(method, path) for method, path in _routes(site) if path not in PUBLIC_PATHS]
+    """Routes for people; the device API authenticates appliances itself (see test_device_api_*)."""
+    return [(method, path) for method, path in _routes(site) if path not in PUBLIC_PATHS and not is_device_path(path)]
+
+
+def test_the_device_api_is_only_enroll_and_device_paths_and_refuses_strangers(sqlite_site: Site) -> None:
+    device_routes = {(m, p) for m, p in _routes(sqlite_site) if is_device_path(p)}
+    assert device_routes == {("POST", "/api/v1/enroll"), ("GET", "/api/v1/device/packages/1")}
+    anonymous = sqlite_site.client()
+    url = f"/api/v1/device/packages/{'0' * 64}"
+    assert anonymous.get(url).status_code == 401
+    assert anonymous.get(url, headers={"authorization": "Bearer medge_x"}).status_code == 401
+    # A user's session or API token is no device credential.
+    admin = sqlite_site.as_role(Role.ADMIN)
+    assert admin.get(url).status_code == 401
+    assert anonymous.post("/api/v1/enroll", json={}).status_code == 422
 
 
 def test_the_sweep_covers_pages_api_and_forms(sqlite_site: Site) -> None:

@@ -1,4 +1,9 @@
-"""Which of two model versions is newer (dotted numbers; a pre-release sorts before its release)."""
+"""Which of two model versions is newer (dotted numbers; a pre-release sorts before its release).
+
+One order for everyone who compares them: the runtime (the newest version of a
+model goes live), the appliance's update agent and the dashboard (a version
+must go up unless an admin forces it).
+"""
 
 from __future__ import annotations
 
