@@ -48,7 +48,6 @@ from firmware_integration.layout import Layout
 from sdk.errors import ConfigError, MedgeError
 from sdk.fleet_contracts import EnrollmentRequest, EnrollmentResponse, PackageOffer
 from sdk.signing import key_id, public_key_pem
-from sdk.tcp_nodelay import NODELAY_SOCKET_OPTIONS
 
 __all__ = ["ProvisionError", "ProvisionOptions", "ProvisionResult", "Provisioner"]
 
@@ -129,6 +128,9 @@ class Provisioner:
                 field="--dashboard",
             )
         self.dashboard_url = url
+        # Owners are set on a real appliance only: under a prefix (an image being built, a test) the host's
+        # users are not the appliance's.
+        self._chown = os.geteuid() == 0 and Path(self.layout.prefix) == Path("/")
 
     # -- steps ---------------------------------------------------------------------------------------------------
 
@@ -142,7 +144,7 @@ class Provisioner:
                 path=config_path,
             )
         try:
-            self.layout.create(dashboard=False)
+            self.layout.create(chown=self._chown, dashboard=False)
         except OSError as exc:
             raise ProvisionError(f"cannot make medge's folders: {exc}", path=exc.filename) from exc
         self._on_step("layout", f"folders ready under {self.layout.prefix}")
@@ -192,11 +194,11 @@ class Provisioner:
         return csr.public_bytes(serialization.Encoding.PEM).decode()
 
     def _client(self) -> httpx.Client:
-        verify: Any = str(self.options.dashboard_ca) if self.options.dashboard_ca is not None else True
+        from firmware_integration.ota import download_client
+
         if self.options.dashboard_ca is not None and not self.options.dashboard_ca.is_file():
             raise ConfigError(f"no CA file at {self.options.dashboard_ca}", path=self.options.dashboard_ca)
-        transport = httpx.HTTPTransport(verify=verify, socket_options=NODELAY_SOCKET_OPTIONS)
-        return httpx.Client(base_url=self.dashboard_url, transport=transport, timeout=self.options.timeout_s)
+        return download_client(self.options.dashboard_ca, timeout_s=self.options.timeout_s)
 
     def _enroll(self, key: ec.EllipticCurvePrivateKey, profile: str) -> EnrollmentResponse:
         from importlib.metadata import version
@@ -211,7 +213,9 @@ class Provisioner:
         )
         try:
             with self._client() as client:
-                response = client.post(ENROLL_PATH, content=request.model_dump_json(), headers=_JSON)
+                response = client.post(
+                    self.dashboard_url + ENROLL_PATH, content=request.model_dump_json(), headers=_JSON
+                )
         except httpx.ConnectError as exc:
             raise ProvisionError(
                 f"cannot reach the dashboard at {self.dashboard_url}: {exc}; check the URL, the network and, "
@@ -332,7 +336,8 @@ class Provisioner:
         target = self.layout.packages_dir / f"{offer.name}-{offer.version}.medge"
         os.replace(fetched, target)
         _fsync_dir(target.parent)
-        _own(target, runtime=True)
+        if self._chown:
+            _own(target, runtime=True, user=self.layout.user)
         self._written.append(target)
         return target
 
@@ -348,7 +353,8 @@ class Provisioner:
                 handle.flush()
                 os.fchmod(handle.fileno(), mode)
                 os.fsync(handle.fileno())
-            _own(Path(temp), runtime=runtime, user=self.layout.user)
+            if self._chown:
+                _own(Path(temp), runtime=runtime, user=self.layout.user)
             os.replace(temp, path)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
@@ -375,14 +381,9 @@ def _error_text(response: httpx.Response) -> str:
     return str(body)[:300]
 
 
-def _own(path: Path, *, runtime: bool = False, user: str = "medge") -> None:
-    """As root: config files root:<service group>, state files the service user's; a no-op otherwise."""
-    if os.geteuid() != 0:
-        return
-    try:
-        gid = grp.getgrnam(user).gr_gid
-    except KeyError:
-        return  # no service user yet (a test, an image being built before sysusers runs)
+def _own(path: Path, *, runtime: bool, user: str) -> None:
+    """Config files root:<service group>, state files the service user's (the layout made sure they exist)."""
+    gid = grp.getgrnam(user).gr_gid
     if runtime:
         import pwd
 

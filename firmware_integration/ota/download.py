@@ -15,7 +15,6 @@ import hashlib
 import logging
 import os
 import re
-import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import httpx
 
 from firmware_integration.ota.errors import OtaError
 from sdk.fleet_contracts import DEVICE_TOKEN_HEADER, PackageOffer
+from sdk.tcp_nodelay import NODELAY_SOCKET_OPTIONS
 
 __all__ = ["PackageDownload", "download_client"]
 
@@ -46,9 +46,7 @@ def download_client(ca_file: Path | None = None, *, timeout_s: float = 30.0) -> 
     TCP_NODELAY is set through the transport's socket options, before the connection is made.
     """
     context = ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else ssl.create_default_context()
-    transport = httpx.HTTPTransport(
-        verify=context, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)], retries=0
-    )
+    transport = httpx.HTTPTransport(verify=context, socket_options=NODELAY_SOCKET_OPTIONS, retries=0)
     timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
     return httpx.Client(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False)
 
