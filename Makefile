@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # Debian packages the demo and the suite use, as "command:package" pairs.
 SYSTEM_DEPS := /usr/sbin/mosquitto:mosquitto /usr/bin/mosquitto_pub:mosquitto-clients \
 	/usr/bin/storescu:dcmtk /usr/bin/dciodvfy:dicom3tools /usr/bin/chromium:chromium \
-	/usr/lib/postgresql/15/bin/initdb:postgresql /usr/bin/systemd-analyze:systemd
+	/usr/lib/postgresql/15/bin/initdb:postgresql /usr/bin/systemd-analyze:systemd /usr/sbin/Orthanc:orthanc
 
 .PHONY: demo test check lint format lock sysdeps venv train clean help
 
