@@ -49,7 +49,7 @@ from sdk.errors import ConfigError, MedgeError
 from sdk.fleet_contracts import EnrollmentRequest, EnrollmentResponse, PackageOffer
 from sdk.signing import key_id, public_key_pem
 
-__all__ = ["ProvisionError", "ProvisionOptions", "ProvisionResult", "Provisioner"]
+__all__ = ["ProvisionError", "ProvisionOptions", "ProvisionResult", "Provisioner", "certificate_request"]
 
 log = logging.getLogger(__name__)
 
@@ -188,11 +188,6 @@ class Provisioner:
         self._on_step("key", f"device key pair made ({path})")
         return key
 
-    def _csr(self, key: ec.EllipticCurvePrivateKey) -> str:
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{self.options.site}/{self.options.device}")])
-        csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
-        return csr.public_bytes(serialization.Encoding.PEM).decode()
-
     def _client(self) -> httpx.Client:
         from firmware_integration.ota import download_client
 
@@ -207,7 +202,7 @@ class Provisioner:
             token=self.options.token,
             site=self.options.site,
             device=self.options.device,
-            csr_pem=self._csr(key),
+            csr_pem=certificate_request(key, f"{self.options.site}/{self.options.device}"),
             profile=profile,
             medge_version=version("medge"),
         )
@@ -364,6 +359,13 @@ class Provisioner:
 
 
 _JSON = {"Content-Type": "application/json"}
+
+
+def certificate_request(key: ec.EllipticCurvePrivateKey, common_name: str) -> str:
+    """The PEM CSR an appliance sends at enrollment: its own public key, subject CN ``{site}/{device}``."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def _is_loopback_url(url: str) -> bool:

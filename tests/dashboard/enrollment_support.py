@@ -9,10 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from dashboard.audit import CLI_ACTOR
 from dashboard.auth import create_token
@@ -21,6 +18,7 @@ from dashboard.settings import DashboardConfig
 from dashboard.store import Role
 from dashboard.web import DashboardService
 from firmware_integration.broker.pki import cert_pem, issue, make_ca
+from firmware_integration.provisioning import certificate_request
 
 
 def https_material(folder: Path) -> tuple[Path, Path, Path]:
@@ -38,9 +36,7 @@ def https_material(folder: Path) -> tuple[Path, Path, Path]:
 def device_csr(site: str, device: str) -> tuple[ec.EllipticCurvePrivateKey, str]:
     """The appliance's own key pair and its CSR (CN ``{site}/{device}``), as ``medge provision`` makes them."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{site}/{device}")])
-    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
-    return key, csr.public_bytes(serialization.Encoding.PEM).decode()
+    return key, certificate_request(key, f"{site}/{device}")
 
 
 def dashboard_config(tmp_path: Path, trusted_key: Path, mqtt_port: int = 1, **sections: Any) -> DashboardConfig:

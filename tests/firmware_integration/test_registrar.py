@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from firmware_integration.broker import AuthMode, TlsMaterial, read_broker_settings
 from firmware_integration.broker.registrar import FolderRegistrar
+from firmware_integration.provisioning import certificate_request
 from sdk.errors import ConfigError
 from sdk.fleet_contracts import MqttGrant
 from sdk.testing.mosquitto import MosquittoBroker
@@ -40,9 +41,7 @@ SITE, DEVICE, OTHER = "site-a", "ct-1", "ct-2"
 def device_key_and_csr(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, str]:
     """What the appliance makes for itself: a key that never leaves it, and a CSR naming its identity."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
-    return key, csr.public_bytes(serialization.Encoding.PEM).decode()
+    return key, certificate_request(key, common_name)
 
 
 def tampered(csr_pem: str) -> str:
