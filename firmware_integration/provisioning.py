@@ -45,6 +45,7 @@ from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
 from firmware_integration.layout import Layout
+from sdk.durable_files import fsync_dir
 from sdk.errors import ConfigError, MedgeError
 from sdk.fleet_contracts import EnrollmentRequest, EnrollmentResponse, PackageOffer
 from sdk.signing import key_id, public_key_pem
@@ -330,7 +331,7 @@ class Provisioner:
         verify_package(fetched, trusted)
         target = self.layout.packages_dir / f"{offer.name}-{offer.version}.medge"
         os.replace(fetched, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         if self._chown:
             _own(target, runtime=True, user=self.layout.user)
         self._written.append(target)
@@ -354,7 +355,7 @@ class Provisioner:
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         self._written.append(path)
 
 
@@ -392,11 +393,3 @@ def _own(path: Path, *, runtime: bool, user: str) -> None:
         os.chown(path, pwd.getpwnam(user).pw_uid, gid)
     else:
         os.chown(path, 0, gid)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

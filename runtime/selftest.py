@@ -54,6 +54,7 @@ from device_profiles import DeviceProfile, HostFacts, detect_host, get_profile, 
 from runtime.ingest.sockets import nodelay_evt_handlers
 from runtime.packages import PackageSet, RefusedPackage
 from sdk.appliance_config import ApplianceConfig
+from sdk.durable_files import fsync_dir
 from sdk.errors import ConfigError, MedgeError
 from sdk.messages import Event
 from sdk.tcp_nodelay import nodelay_on_socket_open, set_tcp_nodelay
@@ -753,9 +754,9 @@ class SelfTest:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            _fsync_dir(spool)
+            fsync_dir(spool)
             probe.unlink()
-            _fsync_dir(spool)
+            fsync_dir(spool)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 probe.unlink()
@@ -1105,14 +1106,6 @@ def _existing(path: Path) -> Path:
         if candidate.exists():
             return candidate
     return Path("/")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _bounded(key: str, name: str, function: Callable[[], list[Check]], limit_s: float) -> list[Check]:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sdk.durable_files import fsync_dir
 from sdk.errors import DicomInputError, MedgeError
 
 __all__ = [
@@ -125,14 +126,6 @@ class StoredInstance:
 def is_valid_uid(value: object) -> bool:
     """True for a DICOM UID that is safe as a path segment: digits and dots, at most 64 characters."""
     return isinstance(value, str) and 0 < len(value) <= 64 and _UID.fullmatch(value) is not None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, parts: Sequence[bytes | bytearray | memoryview]) -> None:
@@ -262,7 +255,7 @@ class Spool:
         try:
             try:
                 for parent in new_dirs:
-                    _fsync_dir(parent)
+                    fsync_dir(parent)
                 _write_all(fd, parts)
                 os.fsync(fd)
             finally:
@@ -272,7 +265,7 @@ class Spool:
                 os.replace(tmp, final)
                 if old_size is not None:
                     self._used -= old_size
-            _fsync_dir(series_dir)
+            fsync_dir(series_dir)
         except OSError as exc:
             with self._lock:
                 self._used -= size
@@ -341,7 +334,7 @@ class Spool:
             with self._lock:
                 self._used += len(blob)
             self._write_atomic(reason_path, blob)
-            _fsync_dir(self.quarantine_dir)
+            fsync_dir(self.quarantine_dir)
         except OSError as exc:
             raise SpoolError(f"cannot quarantine ({reason}): {exc.strerror or exc}", path=target) from exc
         logger.warning("quarantined %s: %s", target.name, reason)
@@ -367,7 +360,7 @@ class Spool:
             self._used -= size
             parent = self._prune_empty_dirs(target.parent)
         try:
-            _fsync_dir(parent)
+            fsync_dir(parent)
         except OSError as exc:
             logger.warning("cannot fsync %s after a removal: %s", parent, exc)
 

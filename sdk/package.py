@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from sdk.durable_files import write_atomic
 from sdk.errors import PackageFormatError, VerificationError
 from sdk.manifest import Manifest
 from sdk.signing import key_id, sign, signature_valid
@@ -103,20 +103,7 @@ def write_package(
     members[SIGNATURE_NAME] = _signature_block(private_key, manifest_bytes)
     data = _canonical_zip(members)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, data, mode=0o644)
     return Manifest.from_bytes(manifest_bytes)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from firmware_integration.ota.durable import fsync_dir, write_atomic
+from sdk.durable_files import fsync_dir, write_atomic
 from sdk.fleet_contracts import OtaStep, PackageOffer
 
 __all__ = ["FINAL_STEPS", "Journal", "JournalEntry"]

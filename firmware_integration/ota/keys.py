@@ -24,8 +24,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from firmware_integration.ota.durable import fsync_dir, write_atomic
 from firmware_integration.ota.errors import OtaError
+from sdk.durable_files import fsync_dir, write_atomic
 from sdk.errors import KeyStoreError
 from sdk.fleet_contracts import KeyRotation
 from sdk.signing import PUBLIC_SUFFIX, key_id, load_public_key, public_key_pem

@@ -24,8 +24,8 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from firmware_integration.ota.durable import copy_durably, fsync_dir, replace_symlink
 from firmware_integration.ota.errors import OtaError
+from sdk.durable_files import copy_durably, fsync_dir, replace_symlink
 
 __all__ = ["SLOT_NAMES", "Slots", "package_model_name"]
 

@@ -7,8 +7,6 @@ in memory is lost), and the dashboard's ingest with its SQLite store.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,9 +21,8 @@ from dashboard.store import Finding as StoredFinding
 from runtime.appliance import Appliance
 from sdk.appliance_config import ApplianceConfig
 from sdk.testing import PhantomSpec, generate_studies
+from sdk.testing.dicom_peers import storescu
 from sdk.testing.mosquitto import MosquittoBroker
-
-STORESCU = "/usr/bin/storescu"
 
 
 def _wait(predicate: Callable[[], object], timeout: float = 60.0, what: str = "the condition") -> None:
@@ -38,14 +35,7 @@ def _wait(predicate: Callable[[], object], timeout: float = 60.0, what: str = "t
 
 
 def _storescu(port: int, files: list[Path]) -> None:
-    result = subprocess.run(
-        [STORESCU, "-aec", "MEDGE", "-aet", "SCANNER1", "127.0.0.1", str(port), *map(str, files)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TCP_NODELAY": "1"},
-        timeout=120,
-        check=False,
-    )
+    result = storescu(port, files)
     assert result.returncode == 0, result.stderr
 
 

@@ -52,6 +52,7 @@ from sdk.appliance_config import ApplianceConfig
 from sdk.messages import Finding as FindingMessage
 from sdk.messages import PackageRef
 from sdk.testing import PhantomSpec, generate_studies
+from sdk.testing.dicom_peers import STORESCU, storescu
 from sdk.testing.mosquitto import MOSQUITTO, MosquittoBroker, free_port
 from sdk.topics import TopicKind, topic
 from sdk.trust import TrustStore
@@ -59,7 +60,6 @@ from tests.integration.tcp_proxy import TcpProxy
 
 log = logging.getLogger(__name__)
 
-STORESCU = "/usr/bin/storescu"
 SITE, DEVICE = "st-marys", "ct-1"
 STUDIES, SLICES = 4, 8  # one finding per instance: 32 findings
 OUTAGE_S = 30.0
@@ -92,20 +92,8 @@ def _wait(predicate: Callable[[], object], timeout: float, what: str, poll: floa
         time.sleep(poll)
 
 
-def _storescu(port: int, files: list[Path]) -> subprocess.CompletedProcess[str]:
-    """Send ``files`` like a scanner (TCP_NODELAY: dcmtk's own switch); the caller checks the outcome."""
-    return subprocess.run(
-        [STORESCU, "-aec", "MEDGE", "-aet", "SCANNER1", "127.0.0.1", str(port), *map(str, files)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TCP_NODELAY": "1"},
-        timeout=120,
-        check=False,
-    )
-
-
 def _send(port: int, files: list[Path]) -> None:
-    result = _storescu(port, files)
+    result = storescu(port, files)
     assert result.returncode == 0, result.stderr
 
 

@@ -29,6 +29,7 @@ from firmware_integration.broker.registrar import FolderRegistrar
 from firmware_integration.layout import Layout
 from sdk.cli.main import app
 from sdk.testing import PhantomSpec, generate_studies
+from sdk.testing.dicom_peers import storescu
 from sdk.testing.mosquitto import MosquittoBroker, free_port
 from tests.conftest import ReferencePackages
 from tests.dashboard.conftest import wait_for
@@ -39,18 +40,10 @@ from tests.firmware_integration.test_broker import make_broker_folder, make_test
 pytestmark = pytest.mark.slow
 
 SITE, DEVICE, SCANNER = "st-marys", "ct-1", "SCANNER1"
-STORESCU = "/usr/bin/storescu"
 
 
 def _storescu(port: int, files: list[Path]) -> None:
-    result = subprocess.run(
-        [STORESCU, "-aec", "MEDGE", "-aet", SCANNER, "127.0.0.1", str(port), *map(str, files)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TCP_NODELAY": "1"},
-        timeout=120,
-        check=False,
-    )
+    result = storescu(port, files)
     assert result.returncode == 0, result.stderr
 
 

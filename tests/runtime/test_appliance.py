@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import threading
 import time
 import urllib.request
@@ -23,8 +21,7 @@ from sdk.errors import DicomInputError
 from sdk.messages import Command, finding_id, parse_message
 from sdk.routing import RoutingRule, RoutingSection
 from sdk.testing import PhantomSpec, generate_studies
-
-STORESCU = "/usr/bin/storescu"
+from sdk.testing.dicom_peers import storescu
 
 
 @pytest.fixture(scope="module")
@@ -62,18 +59,6 @@ def _wait(predicate, timeout: float = 60.0) -> None:
     raise AssertionError("timed out waiting for the appliance")
 
 
-def _storescu(port: int, files: list[Path]) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TCP_NODELAY": "1"}
-    return subprocess.run(
-        [STORESCU, "-aec", "MEDGE", "-aet", "SCANNER1", "127.0.0.1", str(port), *map(str, files)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-
-
 def _done(appliance: Appliance) -> int:
     counts = appliance.queue.counts()
     return counts.get("analysed", 0) + counts.get("reported", 0)
@@ -83,7 +68,7 @@ def test_instances_sent_with_storescu_get_one_finding_each(installed, tmp_path: 
     packages, trusted, files = installed
     with Appliance(_config(tmp_path, packages), trusted=trusted, dicom_port=0) as appliance:
         assert appliance.scp is not None
-        result = _storescu(appliance.scp.port, files)
+        result = storescu(appliance.scp.port, files)
         assert result.returncode == 0, result.stderr
         _wait(lambda: _done(appliance) == len(files))
         entries = appliance.queue.findings()
@@ -99,7 +84,7 @@ def test_instances_sent_with_storescu_get_one_finding_each(installed, tmp_path: 
         assert beat.engines[0].device == "CPUExecutionProvider"
         assert beat.latency_ms_p50 is not None
         # Sending the same instances again creates no second finding.
-        assert _storescu(appliance.scp.port, files[:3]).returncode == 0
+        assert storescu(appliance.scp.port, files[:3]).returncode == 0
         time.sleep(1.0)
         assert len(appliance.queue.findings()) == len(files)
 
@@ -157,8 +142,8 @@ def test_a_series_over_two_associations_gets_one_series_finding(installed, tmp_p
     config = _series_config(tmp_path, packages, quiet_time_s=1.5)
     with Appliance(config, trusted=trusted, dicom_port=0) as appliance:
         assert appliance.scp is not None and appliance.series is not None
-        assert _storescu(appliance.scp.port, series_files[:3]).returncode == 0
-        assert _storescu(appliance.scp.port, series_files[3:]).returncode == 0
+        assert storescu(appliance.scp.port, series_files[:3]).returncode == 0
+        assert storescu(appliance.scp.port, series_files[3:]).returncode == 0
         _wait(lambda: len(appliance.queue.findings()) == len(series_files) + 1)
         time.sleep(2.0)  # nothing more comes: the series completed once
         entries = appliance.queue.findings()
@@ -186,7 +171,7 @@ def test_a_series_rule_that_does_not_match_gives_no_series_finding(installed, tm
     config = _series_config(tmp_path, packages, quiet_time_s=0.3)
     with Appliance(config, trusted=trusted, dicom_port=0) as appliance:
         assert appliance.scp is not None and appliance.series is not None
-        assert _storescu(appliance.scp.port, files[:2]).returncode == 0  # 2 slices < min_slices 3
+        assert storescu(appliance.scp.port, files[:2]).returncode == 0  # 2 slices < min_slices 3
         _wait(lambda: bool(appliance.series.series("analysed")))
         assert len(appliance.queue.findings()) == 2
         assert all(e.sop_instance_uid is not None for e in appliance.queue.findings())

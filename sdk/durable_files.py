@@ -1,4 +1,8 @@
-"""Writes that survive a kill or a power cut at any moment: temp file, fsync, rename, fsync the folder."""
+"""Writes that survive a kill or a power cut at any moment: temp file, fsync, rename, fsync the folder.
+
+The spool, packages, the update agent's slots and journal, provisioning and
+the self-test all make their files durable through these.
+"""
 
 from __future__ import annotations
 
