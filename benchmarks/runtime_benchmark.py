@@ -4,6 +4,7 @@ Run from the repository root::
 
     python -m benchmarks.runtime_benchmark            # the full benchmark (~2-3 min on 2 cores)
     python -m benchmarks.runtime_benchmark --quick    # a smoke run at small sizes (< 1 min)
+    python -m benchmarks.runtime_benchmark --model heavy  # the same on a ResNet-18-class model (~2 min)
 
 It compiles the shipped reference model for ``generic-x86_64-cpu`` (INT8, as
 ``make demo`` does, signed with a throwaway key) and measures, each figure
@@ -24,6 +25,13 @@ next to its reference in the same run:
    reference package in a fresh interpreter (budget < 3 s), and the resident
    memory of an appliance process with it live (budget < 250 MB), against a
    bare ``onnxruntime.InferenceSession`` on the same engine file.
+
+With ``--model heavy`` the package is instead a synthetic ResNet-18-like
+model built at run time (:mod:`benchmarks.synthetic_model`: random weights,
+the reference model's input and outputs, so its model config, preprocessing
+and post-processing apply), whose inference (10-30 ms) dominates the
+per-instance work as real imaging models' does. Sections 1, 2 and 4 run on
+it; section 3 is skipped (ingest never touches the model).
 
 It prints a table (figure, value, reference, ratio, budget, PASS/FAIL) and
 writes the figures as JSON under ``build/benchmarks/``. Absolute times on a
@@ -64,9 +72,11 @@ import pydicom
 
 from benchmarks.report import BenchmarkReport, Figure, format_markdown, machine_facts
 from benchmarks.report import format_table as report_table
+from benchmarks.synthetic_model import build_heavy_model
 from device_profiles import DeviceProfile, get_profile
 from quantization.calibration import labels_from_phantom_truth
-from quantization.compile import CompileOptions, compile_package
+from quantization.compile import CompileOptions, CompileResult, compile_package
+from quantization.errors import QuantizationGateError
 from runtime.analyzer import Analyzer
 from runtime.appliance import Appliance
 from runtime.benchmark import ColdStart, bare_session_cold_start, package_cold_start
@@ -75,7 +85,7 @@ from runtime.ingest.scp import MAX_PDU_BYTES
 from runtime.spool import Spool, StoredInstance
 from runtime.work_queue import WorkQueue
 from sdk.appliance_config import ApplianceConfig, DicomSection
-from sdk.model_config import load_model_config
+from sdk.model_config import ModelConfig, load_model_config
 from sdk.preprocess_spec import PreprocessSpec
 from sdk.preprocessing import preprocess
 from sdk.reference_model import config_path, onnx_path
@@ -84,7 +94,7 @@ from sdk.testing import PhantomSpec, generate_studies
 from sdk.testing.mosquitto import free_port
 from sdk.trust import TrustStore
 
-__all__ = ["FULL", "QUICK", "Settings", "format_table", "main", "run_benchmark"]
+__all__ = ["FULL", "MODELS", "QUICK", "Settings", "format_table", "main", "run_benchmark"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +120,12 @@ OUR_AE = "MEDGE"
 GROUP_PIPELINE = f"chest-ct-nodule on {PROFILE}: latency and throughput"
 GROUP_INGEST = "C-STORE ingest (storescu, one association)"
 GROUP_START = "cold start and memory"
+
+MODELS = ("reference", "heavy")
+"""``reference``: the shipped chest-CT nodule model; ``heavy``: a synthetic ResNet-18-like model built at run time."""
+HEAVY_NAME = "synthetic-resnet18"
+GROUP_PIPELINE_HEAVY = f"{HEAVY_NAME} (heavy model) on {PROFILE}: latency and throughput"
+GROUP_START_HEAVY = "cold start and memory (heavy model)"
 
 
 @dataclass(frozen=True)
@@ -201,10 +217,50 @@ class _Package:
     trusted_dir: Path
     trust: TrustStore
     engine_file: Path
+    record: dict[str, Any]
 
 
-def _build_package(workdir: Path, settings: Settings) -> _Package:
-    """The reference model compiled for the x86 profile as ``make demo`` does, signed with a throwaway key."""
+def _heavy_config(shipped: ModelConfig) -> ModelConfig:
+    """The shipped model config, copied in memory for the synthetic model (the shipped file is never changed).
+
+    Only the name and description differ: input, outputs, threshold,
+    preprocessing and the accuracy gate are the reference model's. The gate
+    needs no loosening because the synthetic model's scores sit far from the
+    threshold and from 0.5 (see :mod:`benchmarks.synthetic_model`) and it is
+    compiled without ground truth, so the AUC criterion, meaningless for
+    random weights, does not apply.
+    """
+    data = shipped.model_dump(mode="python")
+    data.update(
+        name=HEAVY_NAME,
+        description="Synthetic ResNet-18-like model with random weights, for timing the runtime only",
+    )
+    return ModelConfig.model_validate(data)
+
+
+def _compile_record(result: CompileResult, fallback: str | None) -> dict[str, Any]:
+    gate = result.gate
+    return {
+        "precision": result.manifest.engine.precision,
+        "method": result.manifest.compile.method,
+        "float_nodes": len(result.manifest.compile.float_nodes),
+        "gate_passed": gate.passed if gate is not None else None,
+        "agreement": gate.report.agreement if gate is not None else None,
+        "flip_rate": gate.report.flip_rate if gate is not None else None,
+        "max_abs_delta": gate.report.max_abs_delta if gate is not None else None,
+        "fp32_bytes": result.fp32_bytes,
+        "engine_bytes": result.engine_bytes,
+        "compile_s": round(result.seconds["total"], 1),
+        "int8_fallback": fallback,
+    }
+
+
+def _build_package(workdir: Path, settings: Settings, model: str = "reference") -> _Package:
+    """The model compiled for the x86 profile as ``make demo`` does (INT8), signed with a throwaway key.
+
+    For ``heavy``, a synthetic model is built first; should no INT8 setting pass
+    the accuracy gate on it, it is packaged in FP32 and the record says why.
+    """
     calib = workdir / "calibration"
     generate_studies(
         calib, settings.calibration_studies, PhantomSpec(slices=settings.calibration_slices), seed=CALIBRATION_SEED
@@ -212,21 +268,31 @@ def _build_package(workdir: Path, settings: Settings) -> _Package:
     keys = workdir / "keys"
     pair = generate_keypair(keys, "runtime-benchmark", overwrite=True)
     config = load_model_config(config_path())
+    source = onnx_path()
+    labels = labels_from_phantom_truth(calib) or None
+    record: dict[str, Any] = {"model": model}
+    if model == "heavy":
+        built = build_heavy_model(onnx_path(), workdir / "heavy" / f"{HEAVY_NAME}.onnx")
+        source, config, labels = built.path, _heavy_config(config), None
+        record.update(description=built.description, parameters=built.parameters, macs=built.macs)
+    else:
+        record["description"] = f"{config.name} {config.version} (the shipped reference model)"
     folder = workdir / "packages"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{config.name}-{config.version}-{PROFILE}.medge"
-    compile_package(
-        onnx_path(),
-        config,
-        get_profile(PROFILE),
-        calib,
-        load_private_key(pair.private_path),
-        path,
-        CompileOptions(
-            max_calibration=settings.calibration_studies * settings.calibration_slices,
-            labels=labels_from_phantom_truth(calib) or None,
-        ),
-    )
+    key = load_private_key(pair.private_path)
+    options = CompileOptions(max_calibration=settings.calibration_studies * settings.calibration_slices, labels=labels)
+    fallback: str | None = None
+    try:
+        result = compile_package(source, config, get_profile(PROFILE), calib, key, path, options)
+    except QuantizationGateError as exc:
+        if model != "heavy":
+            raise
+        fallback = f"no INT8 setting passed the accuracy gate ({exc}); packaged in FP32"
+        log.warning("%s: %s", HEAVY_NAME, fallback)
+        options = dataclasses.replace(options, precision="fp32")
+        result = compile_package(source, config, get_profile(PROFILE), calib, key, path, options)
+    record.update(_compile_record(result, fallback))
     engine_file = workdir / "engine" / "model.onnx"
     engine_file.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path) as archive:
@@ -235,7 +301,7 @@ def _build_package(workdir: Path, settings: Settings) -> _Package:
     trusted_dir = workdir / "trusted"
     trusted_dir.mkdir(exist_ok=True)
     shutil.copy2(pair.public_path, trusted_dir / pair.public_path.name)
-    return _Package(path, folder, trusted_dir, TrustStore.load(trusted_dir), engine_file)
+    return _Package(path, folder, trusted_dir, TrustStore.load(trusted_dir), engine_file, record)
 
 
 # The benchmark reads the outbox itself; the MQTT reporter (no broker here) would only add noise.
@@ -402,10 +468,11 @@ class _Pipeline:
     analyzer: Analyzer
     spec: PreprocessSpec
     batch: int
+    group: str
 
 
 @contextlib.contextmanager
-def _running_appliance(workdir: Path, package: _Package) -> Iterator[_Pipeline]:
+def _running_appliance(workdir: Path, package: _Package, group: str) -> Iterator[_Pipeline]:
     packages_dir = workdir / "appliance" / "packages"
     packages_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(package.path, packages_dir / package.path.name)
@@ -417,13 +484,13 @@ def _running_appliance(workdir: Path, package: _Package) -> Iterator[_Pipeline]:
         live = list(appliance.packages.live.values())
         if len(live) != 1:
             reasons = "; ".join(r.reason for r in appliance.packages.refused) or "no package found"
-            raise RuntimeError(f"the reference package did not go live: {reasons}")
+            raise RuntimeError(f"the {package.record['model']} package did not go live: {reasons}")
         outbox = _Outbox(appliance.data_dir / "queue.sqlite")
         profile: DeviceProfile = appliance.profile
         # The reference path uses the appliance's own engine (one ONNX Runtime session, one thread pool):
         # a second session's spinning threads would disturb whichever path runs next.
         yield _Pipeline(
-            appliance, outbox, live[0].analyzer, live[0].manifest.model.preprocessing, profile.batch.default
+            appliance, outbox, live[0].analyzer, live[0].manifest.model.preprocessing, profile.batch.default, group
         )
     finally:
         if outbox is not None:
@@ -489,7 +556,7 @@ def _latency(pipeline: _Pipeline, files: list[Path], settings: Settings, report:
     ratio = p50 / ref50
     report.add(
         Figure(
-            GROUP_PIPELINE,
+            pipeline.group,
             f"latency p50, spooled DICOM -> finding in the outbox ({len(timed)} instances, one at a time)",
             p50,
             "ms",
@@ -507,7 +574,7 @@ def _latency(pipeline: _Pipeline, files: list[Path], settings: Settings, report:
     )
     report.add(
         Figure(
-            GROUP_PIPELINE,
+            pipeline.group,
             "latency p95, spooled DICOM -> finding in the outbox",
             p95,
             "ms",
@@ -520,7 +587,7 @@ def _latency(pipeline: _Pipeline, files: list[Path], settings: Settings, report:
     whole = statistics.median(submitted)
     report.add(
         Figure(
-            GROUP_PIPELINE,
+            pipeline.group,
             "latency p50, Appliance.submit() called -> finding (the fsync'd spool write included)",
             whole,
             "ms",
@@ -567,7 +634,7 @@ def _throughput(pipeline: _Pipeline, streams: list[list[Path]], settings: Settin
     ratio = statistics.median(a / b for a, b in zip(rates, reference, strict=True))
     report.add(
         Figure(
-            GROUP_PIPELINE,
+            pipeline.group,
             f"throughput, {len(streams[0])} instances submitted at once -> last finding",
             rate,
             "instances/s",
@@ -843,8 +910,14 @@ def _median_run(runs: list[ColdStart]) -> ColdStart:
 
 
 def _cold_start(
-    workdir: Path, package: _Package, memory_files: list[Path], settings: Settings, report: BenchmarkReport
+    workdir: Path,
+    package: _Package,
+    memory_files: list[Path],
+    settings: Settings,
+    report: BenchmarkReport,
+    group: str = GROUP_START,
 ) -> None:
+    what = f"the {package.record['model']} package"
     ours: list[ColdStart] = []
     bare: list[ColdStart] = []
     for index in range(settings.cold_starts):
@@ -858,8 +931,8 @@ def _cold_start(
     stages = ", ".join(f"{k} {v:.3f} s" for k, v in run.stages_s.items())
     report.add(
         Figure(
-            GROUP_START,
-            "cold start of the reference package: imports + verify + engine load + warm-up + golden samples",
+            group,
+            f"cold start of {what}: imports + verify + engine load + warm-up + golden samples",
             run.total_s,
             "s",
             "bare onnxruntime.InferenceSession on the engine file: imports + session + one run",
@@ -877,7 +950,7 @@ def _cold_start(
     peak = memory["peak_rss_mb"]
     report.add(
         Figure(
-            GROUP_START,
+            group,
             f"peak resident memory: appliance process, package live, {len(memory_files)} instances analysed",
             peak,
             "MB",
@@ -893,8 +966,8 @@ def _cold_start(
     )
     report.add(
         Figure(
-            GROUP_START,
-            "peak resident memory: PackageSet.load of the reference package alone",
+            group,
+            f"peak resident memory: PackageSet.load of {what} alone",
             run.peak_rss_mb,
             "MB",
             "bare onnxruntime.InferenceSession process",
@@ -908,13 +981,26 @@ def _cold_start(
 # ----------------------------------------------------------------------------- the run
 
 
-def run_benchmark(settings: Settings, workdir: Path) -> BenchmarkReport:
-    """Run every measurement of the benchmark in ``workdir`` and return the figures."""
+_INGEST_SKIPPED = "C-STORE ingest skipped: it never touches the model (run --model reference for it)"
+
+
+def run_benchmark(settings: Settings, workdir: Path, model: str = "reference") -> BenchmarkReport:
+    """Run every measurement of the benchmark in ``workdir`` on ``model`` (one of :data:`MODELS`).
+
+    With ``heavy`` the ingest section is skipped (it is the same with any
+    model); the report says so under ``settings["skipped"]``.
+    """
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}, not {model!r}")
+    heavy = model == "heavy"
     started = time.monotonic()
-    report = BenchmarkReport(settings=dataclasses.asdict(settings), machine=machine_facts())
+    report = BenchmarkReport(settings={**dataclasses.asdict(settings), "model": model}, machine=machine_facts())
     report.machine["threads"] = "profile default (0: ONNX Runtime's own)"
     workdir.mkdir(parents=True, exist_ok=True)
-    package = _build_package(workdir, settings)
+    package = _build_package(workdir, settings, model)
+    report.compiles[model] = package.record
+    if heavy:
+        report.settings["skipped"] = [_INGEST_SKIPPED]
     latency_files = _phantoms(
         workdir / "latency-studies",
         settings.warm_up_instances + settings.latency_instances + settings.memory_instances,
@@ -933,35 +1019,37 @@ def run_benchmark(settings: Settings, workdir: Path) -> BenchmarkReport:
         stream_files[i * settings.stream_instances : (i + 1) * settings.stream_instances]
         for i in range(settings.stream_rounds)
     ]
-    small = _phantoms(
-        workdir / "ingest-128",
-        settings.ingest_small,
-        PhantomSpec(rows=128, columns=128, slices=min(100, settings.ingest_small)),
-        INGEST_SEED,
-    )
-    large = _phantoms(
-        workdir / "ingest-512",
-        settings.ingest_large,
-        PhantomSpec(rows=512, columns=512, slices=min(50, settings.ingest_large)),
-        INGEST_SEED + 1,
-    )
     log.info("set-up done in %.1f s", time.monotonic() - started)
 
-    with _running_appliance(workdir, package) as pipeline:
+    group = GROUP_PIPELINE_HEAVY if heavy else GROUP_PIPELINE
+    with _running_appliance(workdir, package, group) as pipeline:
         _latency(pipeline, latency_files, settings, report)
         _throughput(pipeline, streams, settings, report)
     commit = _durable_commit_ms(workdir)
     report.add(
         Figure(
-            GROUP_PIPELINE,
+            group,
             "one durable (fsync'd) work-queue transaction on this disk",
             commit,
             "ms",
             note="every finding is committed this way before the instance is done (the outbox is durable)",
         )
     )
-    _ingest(workdir, small, large, settings, report)
-    _cold_start(workdir, package, memory_files, settings, report)
+    if not heavy:
+        small = _phantoms(
+            workdir / "ingest-128",
+            settings.ingest_small,
+            PhantomSpec(rows=128, columns=128, slices=min(100, settings.ingest_small)),
+            INGEST_SEED,
+        )
+        large = _phantoms(
+            workdir / "ingest-512",
+            settings.ingest_large,
+            PhantomSpec(rows=512, columns=512, slices=min(50, settings.ingest_large)),
+            INGEST_SEED + 1,
+        )
+        _ingest(workdir, small, large, settings, report)
+    _cold_start(workdir, package, memory_files, settings, report, GROUP_START_HEAVY if heavy else GROUP_START)
 
     report.machine["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     report.seconds = time.monotonic() - started
@@ -972,14 +1060,35 @@ def run_benchmark(settings: Settings, workdir: Path) -> BenchmarkReport:
 
 
 def format_table(report: BenchmarkReport) -> str:
-    """The report as a plain-text table (see :func:`benchmarks.report.format_table`)."""
-    return report_table(report, "runtime")
+    """The report as a plain-text table (see :func:`benchmarks.report.format_table`), led by which model ran."""
+    table = report_table(report, "runtime")
+    model = report.settings.get("model")
+    record = report.compiles.get(model, {}) if model else {}
+    if not record:
+        return table
+    head, _, rest = table.partition("\n")
+    lines = [head, f"model: {model}: {record.get('description', '')}"]
+    if record.get("precision"):
+        compiled = f"compiled for {PROFILE}: {record['precision']}, {record.get('method', '')}"
+        if record.get("agreement") is not None:
+            compiled += f"; gate agreement {record['agreement']:.1%}, flips {record['flip_rate']:.1%}"
+        lines.append(compiled)
+    if record.get("int8_fallback"):
+        lines.append(f"INT8 fell back: {record['int8_fallback']}")
+    lines += [f"skipped: {what}" for what in report.settings.get("skipped", [])]
+    return "\n".join([*lines, rest])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code (1 with ``--strict`` when a budget is missed)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.runtime_benchmark", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run at small sizes (budgets not meaningful)")
+    parser.add_argument(
+        "--model",
+        choices=MODELS,
+        default="reference",
+        help="reference: the shipped model (default); heavy: a synthetic ResNet-18-like model built at run time",
+    )
     parser.add_argument("--workdir", type=Path, help="keep phantoms, package and spools here (default: a temp dir)")
     parser.add_argument("--json", type=Path, help="write the JSON report here (default: build/benchmarks/)")
     parser.add_argument("--markdown", type=Path, help="also write the figures as Markdown tables to this file")
@@ -994,12 +1103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"{tool} is missing: install dcmtk (apt-get install dcmtk)")
     settings = QUICK if args.quick else FULL
     if args.workdir is not None:
-        report = run_benchmark(settings, args.workdir)
+        report = run_benchmark(settings, args.workdir, args.model)
     else:
         with tempfile.TemporaryDirectory(prefix="medge-runtime-benchmark-") as tmp:
-            report = run_benchmark(settings, Path(tmp))
+            report = run_benchmark(settings, Path(tmp), args.model)
     print(format_table(report))
-    out = args.json or REPORT_DIR / f"runtime-benchmark-{settings.name}.json"
+    suffix = "" if args.model == "reference" else f"-{args.model}"
+    out = args.json or REPORT_DIR / f"runtime-benchmark-{settings.name}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")
     print(f"JSON report: {out}")
