@@ -92,10 +92,13 @@ def trusted_key_pems(config: DashboardConfig) -> list[str]:
     return [public_key_pem(store[ident]).decode() for ident in sorted(store)]
 
 
-def add_package(store: Store, config: DashboardConfig, source: BinaryIO, *, actor: Actor) -> PackageInfo:
+def add_package(
+    store: Store, config: DashboardConfig, source: BinaryIO, *, actor: Actor, filename: str | None = None
+) -> PackageInfo:
     """Keep an uploaded package if it verifies against the trusted keys; audited as ``package.upload``.
 
-    Uploading the same file again returns the package already kept.
+    Uploading the same file again returns the package already kept. A refusal
+    names ``filename`` (the uploader's name for the file), never the server's paths.
 
     Raises:
         PackageRejected: too large, not a package, or it does not verify (names the failed check).
@@ -131,7 +134,8 @@ def add_package(store: Store, config: DashboardConfig, source: BinaryIO, *, acto
         try:
             package = verify_package(tmp, trusted)
         except PackageError as exc:
-            raise PackageRejected(f"the package does not verify: {exc}") from exc
+            name = Path(filename).name if filename else "the package"
+            raise PackageRejected(f"{name} does not verify: {exc.message}") from exc
         sha = digest.hexdigest()
         final = library / f"{sha}.medge"
         os.replace(tmp, final)

@@ -33,7 +33,7 @@ def packages(_principal: PackageManager, context: ContextDep) -> list[ModelPacka
     summary="Upload a signed package (multipart field 'file'); refused unless it verifies against the trusted keys",
 )
 def upload_package(file: UploadFile, principal: PackageManager, context: ContextDep) -> ModelPackagePublic:
-    info = add_package(context.store, context.config, file.file, actor=actor_of(principal))
+    info = add_package(context.store, context.config, file.file, actor=actor_of(principal), filename=file.filename)
     return ModelPackagePublic.of(info)
 
 

@@ -78,7 +78,7 @@ def packages_page(request: Request, _principal: PackageManager, context: Context
 @router.post("/packages", response_class=HTMLResponse)
 def upload(request: Request, file: UploadFile, principal: PackageManager, context: ContextDep) -> Response:
     try:
-        info = add_package(context.store, context.config, file.file, actor=actor_of(principal))
+        info = add_package(context.store, context.config, file.file, actor=actor_of(principal), filename=file.filename)
     except (PackageRejected, Unavailable) as exc:
         return _page(request, context, error=str(exc), status_code=400)
     return _page(

@@ -57,12 +57,17 @@ def browser() -> Iterator[object]:
         launched.close()
 
 
-def _offline_context(browser: object, base: str, leaked: list[str], errors: list[str]) -> object:
+def _offline_context(
+    browser: object, base: str, leaked: list[str], errors: list[str], *, own_ca: bool = False
+) -> object:
     """A browser context that refuses, and records, any request to another host than the dashboard.
 
     Script errors and console errors (a Content-Security-Policy violation is one) are recorded in ``errors``.
+    ``own_ca``: the dashboard's HTTPS certificate is signed by a test CA the browser does not know.
     """
-    context = browser.new_context(viewport={"width": 1400, "height": 900})  # type: ignore[attr-defined]
+    context = browser.new_context(  # type: ignore[attr-defined]
+        viewport={"width": 1400, "height": 900}, ignore_https_errors=own_ca
+    )
     own = urlsplit(base).netloc
 
     def on_page(page: object) -> None:
