@@ -142,9 +142,15 @@ class DashboardSection(_Section):
 
 
 class PhiSection(_Section):
-    """What patient-identifying references may leave the appliance."""
+    """What patient-identifying references may leave the appliance.
 
-    policy: Literal["pseudonymous", "accession"] = "pseudonymous"
+    ``pseudonymous`` (the default): study, series and instance references as
+    keyed pseudonyms only. ``accession``: also the accession number, and
+    ``accession-and-patient-id``: also the patient ID — each only over a TLS
+    broker connection (never in clear). A patient's name or birth date never leaves.
+    """
+
+    policy: Literal["pseudonymous", "accession", "accession-and-patient-id"] = "pseudonymous"
     site_key_file: Path | None = None
 
 

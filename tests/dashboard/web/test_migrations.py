@@ -1,4 +1,4 @@
-"""Revisions 0002 (web tables) and 0003 (enrollment, packages, rollouts): they match the models and undo cleanly."""
+"""Revisions 0002 (web), 0003 (enrollment, packages, rollouts), 0004 (patient ID) match the models, undo cleanly."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_the_migrations_build_exactly_the_models(store: Store) -> None:
     assert set(inspect(store.engine).get_table_names()) >= WEB_TABLES
     with store.engine.connect() as connection:
         context = MigrationContext.configure(connection)
-        assert context.get_current_revision() == "0003"
+        assert context.get_current_revision() == "0004"
         assert compare_metadata(context, Base.metadata) == []
     indexes = {index["name"] for index in inspect(store.engine).get_indexes("findings")}
     assert {"ix_findings_received_at", "ix_findings_state_changed_at", "ix_findings_state_score"} <= indexes
@@ -49,5 +49,17 @@ def test_0003_downgrades_to_0002_and_comes_back(store: Store, store_url: str) ->
     migrate(store)
     with create_store(store_url) as again, again.engine.connect() as connection:
         context = MigrationContext.configure(connection)
-        assert context.get_current_revision() == "0003"
+        assert context.get_current_revision() == "0004"
         assert compare_metadata(context, Base.metadata) == []
+
+
+def test_0004_downgrades_to_0003_and_comes_back(store: Store, store_url: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", MIGRATIONS)
+    with store.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0003")
+    assert "patient_id" not in {column["name"] for column in inspect(store.engine).get_columns("findings")}
+    migrate(store)
+    with create_store(store_url) as again:
+        assert "patient_id" in {column["name"] for column in inspect(again.engine).get_columns("findings")}
