@@ -156,7 +156,8 @@ class WebSection(_Section):
     )
     display_timezone: str = Field(default="UTC", description="IANA time zone the pages show times in")
     show_accession_number: bool = Field(
-        default=True, description="show a finding's accession number when the appliance's PHI policy sent one"
+        default=True,
+        description="show a finding's accession number and patient ID when the appliance's PHI policy sent them",
     )
     page_size: int = Field(default=50, ge=5, le=500, description="findings per worklist page")
     live_poll_ms: float = Field(

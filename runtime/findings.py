@@ -68,9 +68,11 @@ def build_findings(
     """
     instance_uid = str(ds.SOPInstanceUID)
     ref = package_ref(manifest, package_sha256)
-    accession = None
-    if phi.policy == "accession" and broker_tls and ds.get("AccessionNumber"):
-        accession = str(ds.AccessionNumber)
+    accession = patient_id = None
+    if phi.policy != "pseudonymous" and broker_tls:
+        accession = str(ds.get("AccessionNumber", "") or "") or None
+        if phi.policy == "accession-and-patient-id":
+            patient_id = str(ds.get("PatientID", "") or "") or None
     findings = []
     for analysis in analyses:
         result = analysis.result
@@ -97,6 +99,7 @@ def build_findings(
                 series_ref=pseudonym(site_key, str(ds.get("SeriesInstanceUID", ""))),
                 instance_ref=pseudonym(site_key, instance_uid),
                 accession_number=accession,
+                patient_id=patient_id,
                 modality=str(ds.get("Modality", "")),
                 frame=analysis.frame,
                 label=result.label,

@@ -116,7 +116,8 @@ class Finding(_Message):
     study_ref: str
     series_ref: str
     instance_ref: str
-    accession_number: str | None = None
+    accession_number: str | None = Field(default=None, max_length=64)
+    patient_id: str | None = Field(default=None, max_length=64, description="only when the site's PHI policy allows")
     modality: str
     frame: int | None = None
     label: str

@@ -235,6 +235,7 @@ class BatchWriter:
                 "series_ref": finding.series_ref,
                 "instance_ref": finding.instance_ref,
                 "accession_number": finding.accession_number,
+                "patient_id": finding.patient_id,
                 "modality": finding.modality,
                 "frame": finding.frame,
                 "label": finding.label,

@@ -231,6 +231,7 @@ class Finding(Base):
     series_ref: Mapped[str] = mapped_column(String)
     instance_ref: Mapped[str] = mapped_column(String)
     accession_number: Mapped[str | None] = mapped_column(String)
+    patient_id: Mapped[str | None] = mapped_column(String)
     modality: Mapped[str] = mapped_column(String)
     frame: Mapped[int | None]
     label: Mapped[str] = mapped_column(String)

@@ -33,6 +33,8 @@ def view_finding(store: Store, finding_id: int, actor: Actor, *, via: str) -> tu
         detail: dict[str, object] = {"message_id": finding.message_id, "study_ref": finding.study_ref, "via": via}
         if finding.accession_number is not None:
             detail["accession_number_shown"] = True
+        if finding.patient_id is not None:
+            detail["patient_id_shown"] = True
         record(session, actor, "finding.view", f"finding:{finding.id}", detail)
         return finding, feedback
 

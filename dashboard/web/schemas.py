@@ -143,6 +143,7 @@ class FindingDetail(FindingSummary):
     accession_number: str | None = Field(
         description="only when the site's PHI policy sends it and the dashboard shows it"
     )
+    patient_id: str | None = Field(description="only when the site's PHI policy sends it and the dashboard shows it")
     state_changed_at: datetime | None
     feedback: FeedbackPublic | None
 
@@ -160,6 +161,7 @@ class FindingDetail(FindingSummary):
             series_ref=row.series_ref,
             instance_ref=row.instance_ref,
             accession_number=row.accession_number if show_accession else None,
+            patient_id=row.patient_id if show_accession else None,
             state_changed_at=row.state_changed_at,
             feedback=None if feedback is None else FeedbackPublic.of(feedback),
         )

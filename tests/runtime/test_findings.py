@@ -41,16 +41,24 @@ def test_default_policy_leaks_no_patient_identifiers(analyzer: Analyzer) -> None
     wire = finding.to_json().decode()
     for secret in (str(ds.PatientID), str(ds.PatientName), "ACC-123", str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)):
         assert secret not in wire
-    assert finding.accession_number is None
+    assert finding.accession_number is None and finding.patient_id is None
     assert set(finding.latency_ms) >= {"preprocess", "infer", "postprocess", "total"}
 
 
-def test_accession_only_when_policy_allows_and_tls(analyzer: Analyzer) -> None:
+def test_accession_and_patient_id_only_when_policy_allows_and_tls(analyzer: Analyzer) -> None:
     ds = generate_series(PhantomSpec(slices=4), seed=9).datasets[2]
     ds.AccessionNumber = "ACC-123"
-    allowed = PhiSection(policy="accession")
-    assert _findings(analyzer, ds, phi=allowed, broker_tls=False)[0].accession_number is None
-    assert _findings(analyzer, ds, phi=allowed, broker_tls=True)[0].accession_number == "ACC-123"
+    ds.PatientID = "PID-456"
+    accession = PhiSection(policy="accession")
+    both = PhiSection(policy="accession-and-patient-id")
+    for policy in (accession, both):
+        clear = _findings(analyzer, ds, phi=policy, broker_tls=False)[0]
+        assert clear.accession_number is None and clear.patient_id is None, "never over a plain connection"
+    only_accession = _findings(analyzer, ds, phi=accession, broker_tls=True)[0]
+    assert (only_accession.accession_number, only_accession.patient_id) == ("ACC-123", None)
+    full = _findings(analyzer, ds, phi=both, broker_tls=True)[0]
+    assert (full.accession_number, full.patient_id) == ("ACC-123", "PID-456")
+    assert str(ds.PatientName) not in full.to_json().decode()
 
 
 def test_ids_are_stable_for_instance_and_package(analyzer: Analyzer) -> None:

@@ -108,10 +108,12 @@ def test_a_finding_in_full_with_its_study_reference_as_the_phi_policy_allows(
     site_factory: Callable[..., Site], store: Store
 ) -> None:
     shown = site_factory(store)
-    finding = shown.publish_one(accession_number="ACC-778", location={"row": 10.5, "column": 20.0}, frame=3)
+    finding = shown.publish_one(
+        accession_number="ACC-778", patient_id="PID-9", location={"row": 10.5, "column": 20.0}, frame=3
+    )
     script = _script(shown)
     body = script.get(f"/api/v1/findings/{finding}").json()
-    assert body["accession_number"] == "ACC-778"
+    assert (body["accession_number"], body["patient_id"]) == ("ACC-778", "PID-9")
     assert (body["study_ref"], body["series_ref"], body["frame"]) == ("study", "series", 3)
     assert body["package"] == {"name": "chest-ct", "version": "1.2.0", "precision": "int8", "profile": "intel-xeon"}
     assert body["latency_ms"] == {"decode": 3.0, "infer": 12.5} and body["scores"]["nodule"] == 0.91
@@ -120,6 +122,7 @@ def test_a_finding_in_full_with_its_study_reference_as_the_phi_policy_allows(
     page = clinician.get(f"/findings/{finding}").text
     for text in (
         "ACC-778",
+        "PID-9",
         "chest-ct",
         "1.2.0",
         "int8",
@@ -132,7 +135,9 @@ def test_a_finding_in_full_with_its_study_reference_as_the_phi_policy_allows(
         assert text in page, text
     hidden = site_factory(store, show_accession_number=False)
     assert _script(hidden).get(f"/api/v1/findings/{finding}").json()["accession_number"] is None
+    assert _script(hidden).get(f"/api/v1/findings/{finding}").json()["patient_id"] is None
     assert "ACC-778" not in hidden.as_role(Role.CLINICIAN).get(f"/findings/{finding}").text
+    assert "PID-9" not in hidden.as_role(Role.CLINICIAN).get(f"/findings/{finding}").text
     assert script.get("/api/v1/findings/999999").status_code == 404
 
 

@@ -130,7 +130,7 @@ def test_viewing_a_study_reference_and_acting_are_recorded_with_who_and_where(
     user = site.add_user(Role.CLINICIAN, "hanna")
     client = site.session_of(user)
     client.headers["x-forwarded-for"] = "192.168.7.21"
-    finding = site.publish_one(study_ref="pseudo-study-1")
+    finding = site.publish_one(study_ref="pseudo-study-1", accession_number="ACC-1", patient_id="PID-1")
     assert client.get("/").status_code == 200
     assert not [e for e in _entries(store) if e.action == "finding.view"], "the worklist shows no study reference"
     client.get(f"/findings/{finding}")
@@ -147,6 +147,7 @@ def test_viewing_a_study_reference_and_acting_are_recorded_with_who_and_where(
     assert {(e.role, e.client_ip) for e in entries} == {("clinician", "192.168.7.21")}
     views = [json.loads(e.detail) for e in entries[:2]]
     assert [(v["study_ref"], v["via"]) for v in views] == [("pseudo-study-1", "page"), ("pseudo-study-1", "api")]
+    assert all(v["accession_number_shown"] and v["patient_id_shown"] for v in views), "every view of PHI is audited"
     assert client.get(f"/findings/{finding + 1000}").status_code == 404
     assert len([e for e in _entries(store) if e.actor == "hanna"]) == 4, "nothing recorded for what does not exist"
 
