@@ -22,6 +22,8 @@ families are grouped by what the caller can do about them::
     ├── BrokerError              (firmware_integration.broker) the broker's files or process cannot be managed
     ├── OtaError                 (firmware_integration.ota) an update or key rotation cannot go on
     ├── ProvisionError           (firmware_integration.provisioning) a provisioning step failed
+    ├── DeidError                (runtime.deid) a file cannot be de-identified, or the export's options are wrong
+    │   └── BurnedInAnnotationError  the image may carry burned-in text: refused unless allowed
     ├── BrokerConnectionError    (runtime.reporting) the MQTT broker cannot be reached or refused the device
     ├── StoreError               (dashboard.store) the dashboard's database cannot be opened or migrated
     ├── StoreUnavailable         (dashboard.ingest) the database cannot take a batch now: retry, acknowledge nothing

@@ -10,6 +10,7 @@ from sdk.cli import broker, dashboard, keys, ota, package, profiles
 from sdk.cli.bench import bench
 from sdk.cli.compile import compile_command
 from sdk.cli.console import MedgeTyper, console
+from sdk.cli.deid import deid_command
 from sdk.cli.demo import demo
 from sdk.cli.provision import provision
 from sdk.cli.selftest import selftest
@@ -34,6 +35,7 @@ app.command("serve")(serve)
 app.command("demo")(demo)
 app.command("selftest")(selftest)
 app.command("provision")(provision)
+app.command("deid")(deid_command)
 
 
 def _version(value: bool) -> None:
