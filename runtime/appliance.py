@@ -23,13 +23,20 @@ An instance still decoding or analysing after ``[dicom] instance_timeout_s``
 is quarantined as a hang and its worker thread replaced (Python cannot
 interrupt a thread; the stuck one is abandoned and its late result dropped).
 
+With ``[pacs] enabled``, each finding of the chosen packages is also written
+as a DICOM SR (:mod:`runtime.results`) when it is made, and the SR goes into
+the PACS outbox in the same transaction as its finding; the ``pacs`` thread
+sends it to the PACS with C-STORE and retries until the PACS takes it.
+
 Routing rules with ``unit = "series"`` make the appliance track series: the
 files of a series stay in the spool until the series is complete and
 analysed; instance rules are served as instances arrive.
 
 Events (``on_event(kind, severity, message, detail)``): ``package-live``,
 ``package-refused``, ``engine-degraded``, ``quarantined``, ``analysis-failed``,
-``instance-timeout``, ``worker-stuck`` and the ingest events of :mod:`runtime.ingest`.
+``instance-timeout``, ``worker-stuck``, ``sr-failed`` (a finding's SR could not be made; the finding
+goes on without it), ``pacs-send-failed`` / ``pacs-send-recovered`` (:mod:`runtime.results`) and the
+ingest events of :mod:`runtime.ingest`.
 """
 
 from __future__ import annotations
@@ -65,11 +72,12 @@ from runtime.metrics import RuntimeMetrics
 from runtime.packages import EventSink, LivePackage, PackageSet
 from runtime.postprocess import series_result
 from runtime.reporting import CommandHandler, Reporter
+from runtime.results import PacsDelivery, sr_results
 from runtime.sd_notify import ProgressMonitor
 from runtime.selftest import SelfTest
 from runtime.series import SeriesInstance, SeriesTracker
 from runtime.spool import IngestSource, Spool, SpoolFullError, StoredInstance
-from runtime.work_queue import AddResult, InstanceRecord, InstanceState, SeriesClaim, WorkQueue
+from runtime.work_queue import AddResult, InstanceRecord, InstanceState, PacsResult, SeriesClaim, WorkQueue
 from sdk.appliance_config import ApplianceConfig
 from sdk.errors import DicomInputError, EngineError, MedgeError, PreprocessingError
 from sdk.messages import Command, EngineHealth, Finding, Heartbeat, PackageRef
@@ -104,6 +112,7 @@ class _Done:
 
     job: _Job
     findings: list[Finding]
+    results: list[PacsResult]  # the findings' SRs for the PACS, committed with them
 
 
 def _site_key(path: Path) -> bytes:
@@ -188,6 +197,8 @@ class Appliance:
         self.scp: StorageSCP | None = None
         self.watcher: FolderWatcher | None = None
         self.health: HealthServer | None = None
+        self.pacs: PacsDelivery | None = None  # with [pacs] enabled: sends the SRs of the PACS outbox
+        self._pacs_work = threading.Event()  # set when SRs were committed: the sender does not wait out its poll
 
     @staticmethod
     def _profile(config: ApplianceConfig) -> DeviceProfile:
@@ -269,6 +280,15 @@ class Appliance:
             self.reporter.start()
         self.progress.expect("supervisor", within_s=5.0)
         roles = ["decode", "infer", "commit", "remove", "watchdog"] + (["series"] if self.series is not None else [])
+        if self.config.pacs.enabled:
+            self.pacs = PacsDelivery(
+                self.queue,
+                self.config.pacs,
+                self.config.pacs.calling_ae or self.config.dicom.ae_title,
+                on_event=self._emit,
+                metrics=self.metrics,
+            )
+            roles.append("pacs")
         for role in roles:
             self._spawn(role)
         self.scp = StorageSCP(
@@ -297,6 +317,7 @@ class Appliance:
             self.scp.stop()
         self._stop.set()
         self._work.set()
+        self._pacs_work.set()
         for thread in list(self._threads.values()):
             thread.join(timeout=30)
         if self.health is not None:
@@ -323,6 +344,7 @@ class Appliance:
             "remove": self._remove_loop,
             "watchdog": self._watchdog_loop,
             "series": self._series_loop,
+            "pacs": self._pacs_loop,
         }[role]
         thread = threading.Thread(
             target=target, args=(self._generation[role],), name=f"medge-{role}-{self._generation[role]}", daemon=True
@@ -533,6 +555,7 @@ class Appliance:
     def _infer_one(self, job: _Job) -> None:
         ds = job.ds
         findings = []
+        results: list[PacsResult] = []
         for name, prepared in job.prepared.items():
             with self._packages_lock:
                 package = self.packages.live.get(name)
@@ -545,8 +568,10 @@ class Appliance:
                     self._emit("analysis-failed", "error", f"{name}: {exc}", {"sop": job.record.sop_instance_uid})
                     raise
                 self._count(name, "analysed")
-            findings += self._findings(ds, analyses, package, job.stage_ms)
-        done = _Done(job, findings)
+            made = self._findings(ds, analyses, package, job.stage_ms)
+            findings += made
+            results += self._results(ds, made, package)
+        done = _Done(job, findings, results)
         if self._handoff.empty() and self._commits.empty() and not self._committing.is_set():
             # Nothing to group it with and nothing to run meanwhile: commit here, sparing two thread hand-offs.
             self._commit([done], remove_now=True)
@@ -596,8 +621,12 @@ class Appliance:
         ``remove_now`` are deleted here.
         """
         results = self.queue.record_findings_batch(
-            [(item.job.record.sop_instance_uid, item.findings) for item in done], worker=_DECODER
+            [(item.job.record.sop_instance_uid, item.findings) for item in done],
+            worker=_DECODER,
+            results={item.job.record.sop_instance_uid: item.results for item in done if item.results},
         )
+        if any(item.results for item in done):
+            self._pacs_work.set()
         for item, result in zip(done, results, strict=True):
             if isinstance(result, Exception):
                 log.warning("findings of %s not recorded: %s", item.job.record.sop_instance_uid, result)
@@ -702,6 +731,7 @@ class Appliance:
                         stage_ms[name][stage] += value
                     results[name].append((image.spool_path, analysis))
         findings = []
+        sr_made: list[PacsResult] = []
         for name in names:
             if not results[name]:
                 log.warning("series %s: no slice could be analysed by %s", uid, name)
@@ -716,8 +746,12 @@ class Appliance:
                 statistics.median(drifts) if drifts else None,
             )
             header = pydicom.dcmread(path, stop_before_pixels=True)  # the deciding slice names the finding
-            findings += self._findings(header, [whole], live[name], {}, series=True)
-        self.queue.record_series_findings(claim, findings)
+            made = self._findings(header, [whole], live[name], {}, series=True)
+            findings += made
+            sr_made += self._results(header, made, live[name])
+        self.queue.record_series_findings(claim, findings, sr_made)
+        if sr_made:
+            self._pacs_work.set()
         for image in self.series.slices(uid, include_set_aside=True):
             if image.spool_path is not None and image.state in (InstanceState.ANALYSED, InstanceState.REPORTED):
                 self.spool.remove(image.spool_path)
@@ -758,6 +792,32 @@ class Appliance:
                 self._drift_by_scanner[scanner] += 1
                 self.metrics.drift.labels(scanner=scanner, package=package.name).inc()
         return made
+
+    # -- results to the PACS ---------------------------------------------------------------------------------------
+
+    def _results(self, ds: Dataset, findings: list[Finding], package: LivePackage) -> list[PacsResult]:
+        """The SRs of one package's findings, if the PACS takes this package's results."""
+        if self.pacs is None or not findings:
+            return []
+        try:
+            return sr_results(ds, findings, package.manifest, package.sha256, self.config.pacs)
+        except Exception as exc:  # contained: the findings go on to the dashboard without their SRs
+            sop = str(ds.get("SOPInstanceUID", ""))
+            log.exception("no SR for the findings of %s on %s", package.name, sop)
+            self._emit("sr-failed", "error", f"{package.name}: no SR for instance {sop}: {exc}", {"sop": sop})
+            return []
+
+    def _pacs_loop(self, generation: int) -> None:
+        """Send the PACS outbox's SRs as they come due; woken early when new ones are committed."""
+        assert self.pacs is not None
+        while not self._stop.is_set() and self._current("pacs", generation):
+            try:
+                wait = self.pacs.step()
+            except Exception:  # contained: e.g. the queue briefly unusable; the SRs stay pending
+                log.exception("sending SRs to the PACS failed")
+                wait = 1.0
+            if self._pacs_work.wait(wait):
+                self._pacs_work.clear()
 
     # -- health ----------------------------------------------------------------------------------------------------
 
@@ -813,6 +873,11 @@ class Appliance:
             )
         refused = [r for r in self.packages.refused if r.check != "superseded"]
         alarms = [f"package refused: {r.path.name}: {r.reason}" for r in refused]
+        if self.pacs is not None:
+            waiting = self.queue.pacs_pending()
+            self.metrics.pacs_pending.set(waiting)
+            if self.pacs.outage is not None:
+                alarms.append(f"{waiting} SR(s) wait for the PACS {self.pacs.sender.destination}: {self.pacs.outage}")
         return Heartbeat(
             site=self.config.appliance.site,
             device=self.config.appliance.device,

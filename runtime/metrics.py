@@ -36,6 +36,11 @@ class RuntimeMetrics:
         self.nodes = Gauge(
             "medge_engine_nodes", "Model nodes per execution provider", ["package", "provider"], registry=r
         )
+        self.pacs_pending = Gauge("medge_pacs_pending", "DICOM SRs waiting to be sent to the PACS", registry=r)
+        self.pacs_sent = Counter("medge_pacs_sent", "DICOM SRs the PACS accepted", registry=r)
+        self.pacs_failures = Counter(
+            "medge_pacs_send_failures", "Failed SR sends (each is retried from the outbox)", registry=r
+        )
         self.latency = Histogram(
             "medge_stage_seconds", "Per-instance time by stage", ["stage"], buckets=_LATENCY_BUCKETS, registry=r
         )

@@ -33,6 +33,13 @@ Durability choices (SQLite, WAL journal):
 Times are wall-clock seconds since the epoch (leases must survive a restart;
 a monotonic clock does not), taken from an injectable ``clock``.
 
+Results for the PACS: a finding whose package sends DICOM SRs to the
+hospital's PACS has its SR (Part 10 bytes) in ``pacs_outbox``, written in the
+same durable transaction as the finding and only when the finding is new, so
+``kill -9`` never leaves a finding without its SR nor makes an SR twice. The
+PACS sender (:mod:`runtime.results`) takes due rows in order and marks them
+sent or schedules their retry.
+
 Idempotency: :meth:`WorkQueue.add_received` is keyed on the SOP Instance UID.
 A resend of an instance the queue already has is ignored whatever its
 progress (its spool file is then the caller's to delete), so a re-sent
@@ -48,7 +55,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -68,6 +75,9 @@ __all__ = [
     "OutboxDepth",
     "OutboxEntry",
     "OutboxState",
+    "PacsEntry",
+    "PacsResult",
+    "PacsState",
     "ResumeReport",
     "SeriesClaim",
     "SeriesState",
@@ -115,6 +125,13 @@ class OutboxState(StrEnum):
     PENDING = "pending"
     SENT = "sent"
     ACKED = "acked"
+
+
+class PacsState(StrEnum):
+    """An SR is ``pending`` until the PACS accepted it (success or warning status), then ``sent``."""
+
+    PENDING = "pending"
+    SENT = "sent"
 
 
 class AddResult(StrEnum):
@@ -263,6 +280,22 @@ CREATE TABLE IF NOT EXISTS message_outbox (
     sent_at REAL
 );
 CREATE INDEX IF NOT EXISTS message_outbox_by_state ON message_outbox (state, seq);
+CREATE TABLE IF NOT EXISTS pacs_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    finding_id TEXT NOT NULL UNIQUE,
+    sop_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    study_instance_uid TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    sr BLOB NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL,
+    last_error TEXT,
+    created REAL NOT NULL,
+    sent_at REAL
+);
+CREATE INDEX IF NOT EXISTS pacs_outbox_by_state ON pacs_outbox (state, next_try, seq);
 """
 
 
@@ -316,6 +349,41 @@ class MessageEntry:
     seq: int
     payload: bytes
     state: OutboxState
+    created: float
+    sent_at: float | None
+
+
+@dataclass(frozen=True)
+class PacsResult:
+    """A finding's DICOM SR for the PACS, to be recorded with the finding.
+
+    Attributes:
+        finding_id: the finding it reports (one SR per finding).
+        sop_instance_uid: the SR's own SOP Instance UID (stable for the finding: the PACS stores it once).
+        sop_class_uid: the SR's storage SOP class (the presentation context the sender proposes).
+        study_instance_uid: the source study, where the SR goes.
+        destination: where it is sent (``AE@host:port``), for the record.
+        data: the SR as DICOM Part 10 bytes.
+    """
+
+    finding_id: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    destination: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class PacsEntry:
+    """One SR in the PACS outbox: its result, its progress and its last error."""
+
+    seq: int
+    result: PacsResult
+    state: PacsState
+    attempts: int
+    next_try: float
+    last_error: str | None
     created: float
     sent_at: float | None
 
@@ -753,6 +821,7 @@ class WorkQueue:
         next_state: InstanceState | str = InstanceState.ANALYSED,
         *,
         worker: str | None = None,
+        results: Sequence[PacsResult] = (),
     ) -> int:
         """Put an instance's findings into the outbox and advance it, in one durable transaction.
 
@@ -763,7 +832,9 @@ class WorkQueue:
         produced no finding at all goes straight to ``reported``; a reported
         instance that gets new findings (another package) is ``analysed``
         again until they are acknowledged. Findings for an instance that was
-        quarantined or failed meanwhile are dropped.
+        quarantined or failed meanwhile are dropped. ``results`` are the
+        findings' SRs for the PACS: each goes into the PACS outbox in the same
+        transaction if its finding is new.
 
         Returns:
             How many findings were new.
@@ -781,10 +852,14 @@ class WorkQueue:
             if current in _SET_ASIDE:
                 log.warning("findings for %s instance %s dropped", current.value, sop_instance_uid)
                 return 0
-            return self._record(db, sop_instance_uid, current, findings, target, _SOURCES[target], now)
+            return self._record(db, sop_instance_uid, current, findings, target, _SOURCES[target], now, results)
 
     def record_findings_batch(
-        self, items: Sequence[tuple[str, Sequence[Finding]]], *, worker: str | None = None
+        self,
+        items: Sequence[tuple[str, Sequence[Finding]]],
+        *,
+        worker: str | None = None,
+        results: Mapping[str, Sequence[PacsResult]] | None = None,
     ) -> list[int | WorkQueueError]:
         """:meth:`record_findings` for several instances in ONE durable transaction (a group commit).
 
@@ -796,7 +871,9 @@ class WorkQueue:
         straight to inference without recording the step in between, since
         after a crash the tensors are gone and the instance is decoded again
         either way. Each instance is recorded on its own (a savepoint): one
-        that cannot be does not hold back the others.
+        that cannot be does not hold back the others. ``results`` maps an
+        instance's SOP Instance UID to its findings' SRs (see
+        :meth:`record_findings`); they are kept or dropped with its findings.
 
         Returns:
             Per item, in order: how many of its findings were new, or the
@@ -804,9 +881,10 @@ class WorkQueue:
             transition, ``worker`` no longer holds the claim, or set aside
             meanwhile: quarantined or failed, its findings dropped).
         """
-        results: list[int | WorkQueueError] = []
+        outcomes: list[int | WorkQueueError] = []
+        srs = results or {}
         if not items:
-            return results
+            return outcomes
         now = self.now()
         sources = _SOURCES[InstanceState.ANALYSED] | {InstanceState.DECODING}
         with self.transaction(durable=True) as db:
@@ -819,14 +897,23 @@ class WorkQueue:
                         raise WorkQueueError(
                             f"instance {sop_instance_uid} was {current.value} meanwhile: its findings were dropped"
                         )
-                    added = self._record(db, sop_instance_uid, current, findings, InstanceState.ANALYSED, sources, now)
+                    added = self._record(
+                        db,
+                        sop_instance_uid,
+                        current,
+                        findings,
+                        InstanceState.ANALYSED,
+                        sources,
+                        now,
+                        srs.get(sop_instance_uid, ()),
+                    )
                 except WorkQueueError as exc:
                     db.execute("ROLLBACK TO one_instance")
-                    results.append(exc)
+                    outcomes.append(exc)
                 else:
-                    results.append(added)
+                    outcomes.append(added)
                 db.execute("RELEASE one_instance")
-        return results
+        return outcomes
 
     def _record(
         self,
@@ -837,9 +924,10 @@ class WorkQueue:
         target: InstanceState,
         sources: frozenset[InstanceState],
         now: float,
+        results: Sequence[PacsResult] = (),
     ) -> int:
-        """Insert an instance's findings and advance it (inside a transaction); how many were new."""
-        added = self._insert_findings(db, findings, sop_instance_uid, None, now)
+        """Insert an instance's findings (and their SRs) and advance it (inside a transaction); how many were new."""
+        added = self._insert_findings(db, findings, sop_instance_uid, None, now, results)
         if current is InstanceState.REPORTED and added:
             target = InstanceState.ANALYSED  # e.g. a second package: reported again once these are acked
         elif current is target or _ORDER.index(current) > _ORDER.index(target):
@@ -864,10 +952,16 @@ class WorkQueue:
 
     @staticmethod
     def _insert_findings(
-        db: sqlite3.Connection, findings: Iterable[Finding], sop: str | None, series: str | None, now: float
+        db: sqlite3.Connection,
+        findings: Iterable[Finding],
+        sop: str | None,
+        series: str | None,
+        now: float,
+        results: Sequence[PacsResult] = (),
     ) -> int:
         seq = int(db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0])
         added = 0
+        new: set[str] = set()
         for finding in findings:
             if db.execute("SELECT 1 FROM outbox WHERE finding_id = ?", (finding.id,)).fetchone() is not None:
                 continue
@@ -879,8 +973,27 @@ class WorkQueue:
             )
             seq += 1
             added += 1
+            new.add(finding.id)
         if added:
             db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (str(seq),))
+        # An SR goes in with its finding only: a redo (the finding is there) must not make it twice.
+        for r in results:
+            if r.finding_id in new:
+                db.execute(
+                    "INSERT OR IGNORE INTO pacs_outbox (finding_id, sop_instance_uid, sop_class_uid,"
+                    " study_instance_uid, destination, sr, state, next_try, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                    (
+                        r.finding_id,
+                        r.sop_instance_uid,
+                        r.sop_class_uid,
+                        r.study_instance_uid,
+                        r.destination,
+                        r.data,
+                        now,
+                        now,
+                    ),
+                )
         return added
 
     def counts(self) -> dict[str, int]:
@@ -909,7 +1022,9 @@ class WorkQueue:
             )
         return SeriesClaim(row[0], int(row[1]))
 
-    def record_series_findings(self, claim: SeriesClaim, findings: Sequence[Finding]) -> int:
+    def record_series_findings(
+        self, claim: SeriesClaim, findings: Sequence[Finding], results: Sequence[PacsResult] = ()
+    ) -> int:
         """Put a series' findings into the outbox and mark it analysed, in one durable transaction.
 
         If instances arrived for the series since it was claimed, it was
@@ -917,14 +1032,15 @@ class WorkQueue:
         complete (with a new ``generation``) again. A series finding's id is
         ``finding_id(series_instance_uid, package_sha256)``; key it with the
         generation too if a re-completed series must be reported again
-        rather than de-duplicated.
+        rather than de-duplicated. ``results`` are the findings' SRs (see
+        :meth:`record_findings`).
 
         Returns:
             How many findings were new (see :meth:`record_findings`).
         """
         now = self.now()
         with self.transaction(durable=True) as db:
-            added = self._insert_findings(db, findings, None, claim.series_instance_uid, now)
+            added = self._insert_findings(db, findings, None, claim.series_instance_uid, now, results)
             db.execute(
                 "UPDATE series SET state = 'analysed', worker = NULL, lease_until = NULL, updated_at = ?"
                 " WHERE series_instance_uid = ? AND state = 'analysing' AND generation = ?",
@@ -1183,6 +1299,74 @@ class WorkQueue:
         """
         return self.outbox_depth().findings >= limit
 
+    # -- PACS outbox -----------------------------------------------------------------------------------------------
+    # The SRs of findings, for the hospital's PACS (runtime.results). Marks are bookkeeping (synchronous=NORMAL):
+    # losing the last "sent" to a power cut sends an SR again, which the PACS stores once (same SOP Instance UID).
+
+    def pacs_due(self, limit: int = 16, *, now: float | None = None) -> list[PacsEntry]:
+        """Pending SRs whose next try has come, in the order they were recorded."""
+        at = self.now() if now is None else now
+        with self.transaction() as db:
+            rows = db.execute(
+                f"SELECT {_PACS_COLUMNS} FROM pacs_outbox WHERE state = 'pending' AND next_try <= ?"
+                " ORDER BY seq LIMIT ?",
+                (at, max(0, limit)),
+            ).fetchall()
+        return [_pacs_entry(row) for row in rows]
+
+    def pacs_next_try(self) -> float | None:
+        """When the earliest pending SR is due (None: nothing pending)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT min(next_try) FROM pacs_outbox WHERE state = 'pending'").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def pacs_entries(self, state: PacsState | str | None = None) -> list[PacsEntry]:
+        """Every SR in the PACS outbox (in one state, if given), in order."""
+        with self.transaction() as db:
+            if state is None:
+                rows = db.execute(f"SELECT {_PACS_COLUMNS} FROM pacs_outbox ORDER BY seq").fetchall()
+            else:
+                rows = db.execute(
+                    f"SELECT {_PACS_COLUMNS} FROM pacs_outbox WHERE state = ? ORDER BY seq", (PacsState(state).value,)
+                ).fetchall()
+        return [_pacs_entry(row) for row in rows]
+
+    def pacs_pending(self) -> int:
+        """SRs the PACS has not accepted yet."""
+        with self.transaction() as db:
+            return int(db.execute("SELECT count(*) FROM pacs_outbox WHERE state = 'pending'").fetchone()[0])
+
+    def mark_pacs_sent(self, finding_ids: Iterable[str]) -> int:
+        """SRs the PACS accepted (success or warning status); returns how many changed."""
+        now = self.now()
+        with self.transaction() as db:
+            return db.executemany(
+                "UPDATE pacs_outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1, last_error = NULL"
+                " WHERE finding_id = ? AND state = 'pending'",
+                ((now, finding_id) for finding_id in finding_ids),
+            ).rowcount
+
+    def pacs_failed(self, retries: Mapping[str, float], error: str) -> int:
+        """SRs whose send failed: one more attempt counted, ``error`` kept, next try at ``retries[finding_id]``."""
+        with self.transaction() as db:
+            return db.executemany(
+                "UPDATE pacs_outbox SET attempts = attempts + 1, last_error = ?, next_try = ?"
+                " WHERE finding_id = ? AND state = 'pending'",
+                ((error, next_try, finding_id) for finding_id, next_try in retries.items()),
+            ).rowcount
+
+    def purge_pacs_sent(self, older_than_s: float) -> int:
+        """Delete SRs the PACS accepted more than ``older_than_s`` ago."""
+        with self.transaction() as db:
+            return db.execute(
+                "DELETE FROM pacs_outbox WHERE state = 'sent' AND sent_at < ?", (self.now() - older_than_s,)
+            ).rowcount
+
+
+_PACS_COLUMNS = (
+    "seq, finding_id, sop_instance_uid, sop_class_uid, study_instance_uid, destination, sr, state, attempts,"
+    " next_try, last_error, created, sent_at"
+)
 
 _INSTANCE_COLUMNS = (
     "sop_instance_uid, sop_class_uid, study_instance_uid, series_instance_uid, spool_path, transfer_syntax, size,"
@@ -1225,6 +1409,26 @@ def _outbox(row: tuple[Any, ...]) -> OutboxEntry:
         series_instance_uid=row[6],
         sent_at=row[7],
         acked_at=row[8],
+    )
+
+
+def _pacs_entry(row: tuple[Any, ...]) -> PacsEntry:
+    return PacsEntry(
+        seq=row[0],
+        result=PacsResult(
+            finding_id=row[1],
+            sop_instance_uid=row[2],
+            sop_class_uid=row[3],
+            study_instance_uid=row[4],
+            destination=row[5],
+            data=bytes(row[6]),
+        ),
+        state=PacsState(row[7]),
+        attempts=row[8],
+        next_try=row[9],
+        last_error=row[10],
+        created=row[11],
+        sent_at=row[12],
     )
 
 

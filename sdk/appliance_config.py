@@ -26,11 +26,13 @@ __all__ = [
     "DicomSection",
     "MqttSection",
     "PackagesSection",
+    "PacsSection",
     "PhiSection",
     "load_appliance_config",
 ]
 
 _SEGMENT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_AE_TITLE = r"^[ -~]*[!-~][ -~]*$"  # an AE title: printable ASCII, not only spaces
 
 
 class _Section(BaseModel):
@@ -154,6 +156,53 @@ class PhiSection(_Section):
     site_key_file: Path | None = None
 
 
+class PacsSection(_Section):
+    """Results back to the hospital's PACS: each finding of the chosen packages as a DICOM SR, sent with C-STORE.
+
+    The SR goes into the source study on the site's own PACS (it carries the
+    patient module of the source); it waits in a durable outbox and is retried
+    with back-off while the PACS is away. See docs/conformance.md.
+    """
+
+    enabled: bool = False
+    host: str | None = Field(default=None, description="the PACS's host name or address")
+    port: int = Field(default=104, ge=1, le=65535)
+    ae_title: str | None = Field(
+        default=None, min_length=1, max_length=16, pattern=_AE_TITLE, description="the PACS's (called) AE title"
+    )
+    calling_ae: str | None = Field(
+        default=None, min_length=1, max_length=16, pattern=_AE_TITLE, description="ours; default dicom.ae_title"
+    )
+    packages: list[str] = Field(default=[], description="model names whose findings become SRs; empty: all")
+    template: Literal["tid1500", "comprehensive"] = Field(
+        default="tid1500",
+        description="tid1500: TID 1500 in a Comprehensive 3D SR; comprehensive: the same in a Comprehensive SR",
+    )
+    manufacturer: str = Field(default="medge", min_length=1, max_length=64, description="Manufacturer of the SR")
+    device_uid: str | None = Field(
+        default=None,
+        pattern=r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$",
+        max_length=64,
+        description="the model's Device UID in the SR; default: derived from the package's hash",
+    )
+    retry_min_s: float = Field(default=5.0, gt=0, description="first retry delay after a failed send; doubles")
+    retry_max_s: float = Field(default=300.0, gt=0, description="cap of the retry delay (before jitter)")
+    timeout_s: float = Field(default=30.0, gt=0, le=600, description="connect, association and C-STORE response wait")
+    keep_sent_s: float = Field(default=3600.0, ge=0, description="sent SRs stay in the outbox this long")
+
+    @model_validator(mode="after")
+    def _check(self) -> PacsSection:
+        if self.retry_min_s > self.retry_max_s:
+            raise ValueError(f"pacs.retry_min_s ({self.retry_min_s}) exceeds retry_max_s ({self.retry_max_s})")
+        if self.enabled and (not self.host or not self.ae_title):
+            raise ValueError("pacs.enabled needs pacs.host and pacs.ae_title (the PACS's AE title)")
+        return self
+
+    def wants(self, model_name: str) -> bool:
+        """Whether findings of this model become SRs."""
+        return self.enabled and (not self.packages or model_name in self.packages)
+
+
 class ApplianceConfig(FileSettings):
     """The whole appliance config; see the module docstring for overrides."""
 
@@ -166,6 +215,7 @@ class ApplianceConfig(FileSettings):
     dashboard: DashboardSection = DashboardSection()
     phi: PhiSection = PhiSection()
     routing: RoutingSection = RoutingSection()
+    pacs: PacsSection = PacsSection()
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> ApplianceConfig:
