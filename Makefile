@@ -16,7 +16,7 @@ SYSTEM_DEPS := /usr/sbin/mosquitto:mosquitto /usr/bin/mosquitto_pub:mosquitto-cl
 	/usr/bin/storescu:dcmtk /usr/bin/dciodvfy:dicom3tools /usr/bin/chromium:chromium \
 	/usr/lib/postgresql/15/bin/initdb:postgresql /usr/bin/systemd-analyze:systemd /usr/sbin/Orthanc:orthanc
 
-.PHONY: demo test check lint format lock sysdeps venv train clean help
+.PHONY: demo test check lint format lock sysdeps venv train clean help audit sbom
 
 help:
 	@echo "make demo   - set everything up and run the demo (ONCE=1 exits after the summary)"
@@ -24,6 +24,8 @@ help:
 	@echo "make check  - ruff + mypy"
 	@echo "make lock   - re-pin requirements.lock from pyproject.toml"
 	@echo "make train  - retrain the reference model (needs the train extra, ~10 min)"
+	@echo "make audit  - pip-audit of requirements.lock (needs the network: PyPI's vulnerability data)"
+	@echo "make sbom   - CycloneDX 1.6 SBOM of medge and requirements.lock -> $(SBOM)"
 
 sysdeps:
 	@missing=""; for pair in $(SYSTEM_DEPS); do \
@@ -75,6 +77,21 @@ lock:
 	build/lockenv/bin/pip install -q ".[openvino,compile,dashboard,sr,dev]" setuptools
 	(echo '# Pinned Python dependencies for every extra but train (make lock re-pins).'; build/lockenv/bin/pip freeze --all --exclude medge --exclude pip --exclude wheel) > requirements.lock
 	rm -rf build/lockenv
+
+# Known vulnerabilities of every pinned dependency (PyPI's advisory data: needs the network, so not in `make test`).
+# The lock is fully pinned, so pip-audit audits it as written instead of resolving it in a scratch venv.
+audit: $(STAMP)
+	$(BIN)/pip-audit -r requirements.lock --no-deps --disable-pip --strict --progress-spinner off
+
+# The SBOM device makers file with their regulatory submissions: medge (name and version from pyproject.toml)
+# and every component of the lock, as CycloneDX 1.6 JSON. Offline.
+SBOM := build/sbom/medge-sbom.cdx.json
+sbom: $(STAMP)
+	@mkdir -p $(dir $(SBOM))
+	$(BIN)/cyclonedx-py requirements --pyproject pyproject.toml --mc-type application --sv 1.6 --of JSON \
+		--output-reproducible -o $(SBOM) requirements.lock
+	@$(BIN)/python -c "import json; b = json.load(open('$(SBOM)')); m = b['metadata']['component']; \
+		print(f\"{m['name']} {m['version']}: {len(b['components'])} components, CycloneDX {b['specVersion']} -> $(SBOM)\")"
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -15,13 +15,16 @@ from pathlib import Path
 import pydicom
 from pydantic import BaseModel, ConfigDict, Field
 from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
+from pydicom.valuerep import VR
 
 from sdk.errors import DicomInputError
 
 __all__ = ["DecodeLimits", "read_instance"]
 
 _DICOMDIR = "1.2.840.10008.1.3.10"
+_KNOWN_VRS = frozenset(vr.value for vr in VR)
 
 
 class DecodeLimits(BaseModel):
@@ -42,6 +45,20 @@ def _int(ds: Dataset, keyword: str, default: int) -> int:
         return int(value if value not in (None, "") else default)
     except (TypeError, ValueError):
         raise DicomInputError(f"{keyword} is not a number ({value!r})", field=keyword) from None
+
+
+def _check_value_representations(ds: Dataset, path: Path) -> None:
+    """Refuse, named, a top-level element whose VR pydicom does not know.
+
+    pydicom converts an element's raw bytes on first access, and raises
+    ``NotImplementedError`` there for an unknown VR: wherever the element
+    happens to be read first. Looking at the raw elements costs microseconds;
+    converting them all would cost a millisecond per instance.
+    """
+    for tag in ds.keys():  # noqa: SIM118 (iterating the dataset itself would convert every element)
+        raw = ds.get_item(tag, keep_deferred=True)  # nothing is deferred here; an empty value is None, unconverted
+        if isinstance(raw, RawDataElement) and raw.VR is not None and raw.VR not in _KNOWN_VRS:
+            raise DicomInputError(f"element {tag} has an unknown value representation {raw.VR!r}", path=path)
 
 
 def read_instance(path: Path, limits: DecodeLimits | None = None) -> Dataset:
@@ -69,8 +86,10 @@ def read_instance(path: Path, limits: DecodeLimits | None = None) -> Dataset:
         raise DicomInputError(f"{len(data):,} bytes is over the limit of {limits.max_bytes:,}", path=path)
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError, NotImplementedError) as exc:
+        # NotImplementedError: an unknown VR in the file meta, which pydicom converts while reading
         raise DicomInputError(f"not a readable DICOM file: {exc}", path=path) from exc
+    _check_value_representations(ds, path)
     if str(ds.get("SOPClassUID", "")) == _DICOMDIR or "DirectoryRecordSequence" in ds:
         raise DicomInputError("a DICOMDIR, not an image", path=path)
     try:
@@ -98,7 +117,16 @@ def read_instance(path: Path, limits: DecodeLimits | None = None) -> Dataset:
         raise DicomInputError(f"cannot read the dataset: {exc}", path=path) from exc
     if not has_pixels:
         raise DicomInputError("no pixel data", path=path, field="PixelData")
-    if not ds.file_meta.TransferSyntaxUID.is_compressed:
+    transfer_syntax = ds.file_meta.get("TransferSyntaxUID")
+    try:
+        compressed = transfer_syntax.is_compressed  # type: ignore[union-attr]
+    except (AttributeError, ValueError):  # absent, or a UID pydicom does not know as a transfer syntax
+        raise DicomInputError(
+            f"transfer syntax {transfer_syntax!r} is not one this appliance can decode",
+            path=path,
+            field="TransferSyntaxUID",
+        ) from None
+    if not compressed:
         expected = pixels * bits // 8
         if pixel_bytes < expected:
             raise DicomInputError(

@@ -178,7 +178,8 @@ def _read_archive(checks: _Checks) -> dict[str, bytes]:
                 if info.filename in members:
                     raise checks.fail("archive", f"duplicate member {info.filename!r}")
                 members[info.filename] = archive.read(info)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, ValueError, EOFError) as exc:
+    # RuntimeError: zipfile on a member flagged encrypted (a tampered flag bit).
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, ValueError, EOFError, RuntimeError) as exc:
         raise checks.fail("archive", f"not a readable medge package archive ({exc})") from exc
     if _canonical_zip(members) != raw:
         raise checks.fail("archive", "archive bytes differ from the canonical form: the file was altered")

@@ -201,8 +201,8 @@ def _frame_indices(ds: Dataset, frames: Sequence[int] | None, n_frames: int) -> 
 def _decode(ds: Dataset, indices: list[int], n_frames: int) -> np.ndarray:
     """Decode the frames asked for into an ``(F, rows, columns)`` array, translating decoder failures."""
     transfer_syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    compressed = bool(transfer_syntax is not None and transfer_syntax.is_compressed)
     try:
+        compressed = bool(transfer_syntax is not None and transfer_syntax.is_compressed)  # unknown UID: ValueError
         if compressed and len(set(indices)) < n_frames:
             # Decode only what is needed: a 500-frame tomosynthesis stack must not be
             # decompressed whole to run one frame.
@@ -218,6 +218,13 @@ def _decode(ds: Dataset, indices: list[int], n_frames: int) -> np.ndarray:
                 arr = arr[indices]
     except Exception as exc:  # any decoder failure is bad input, reported by instance
         raise _error(ds, f"pixel data cannot be decoded: {exc}", field="PixelData") from exc
+    except BaseException as exc:
+        # A decoder written in Rust (pylibjpeg-rle, through pyo3) turns a panic on hostile data into a
+        # PanicException, which derives from BaseException: `except Exception` above misses it, and so would
+        # the service's own guard. It is still this instance's bad pixel data.
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise _error(ds, f"pixel data cannot be decoded (decoder panic: {exc})", field="PixelData") from exc
     expected = (len(indices), ds.Rows, ds.Columns)
     if arr.shape != expected:
         raise _error(ds, f"decoded pixel array has shape {arr.shape}, expected {expected}", field="PixelData")

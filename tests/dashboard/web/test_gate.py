@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import re
+from typing import Any
 
 import pytest
 from fastapi.routing import iter_route_contexts
 
+from dashboard.auth.roles import ROLE_PERMISSIONS, Permission
 from dashboard.store import Role
 from dashboard.web.gate import PUBLIC_PATHS, is_device_path
 from tests.dashboard.web.conftest import Site
+
+logger = logging.getLogger(__name__)
 
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 
@@ -188,3 +193,61 @@ def test_security_headers_allow_nothing_from_elsewhere(sqlite_site: Site) -> Non
     assert page.headers["cache-control"] == "no-store", "pages with patient data are never cached"
     assert "max-age" in client.get("/static/css/app.css").headers["cache-control"]
     assert "server" not in page.headers
+
+
+# The role sweep: every private route's permission, read from its dependencies, refused to every role without it.
+
+# Routes open to every logged-in role, by design: home (a technician is sent to the fleet), account, logout, the
+# live stream (filtered per permission inside), the API's own description.
+_ANY_ROLE = {"/", "/logout", "/account", "/api/v1/stream", "/api/v1/openapi.json", "/api/v1/docs", "/api/v1/me"}
+# Checks made inside the handler on top of its dependency (sending a key rotation needs ROTATE_KEYS).
+_INLINE = {"/api/v1/packages/key-rotations": Permission.ROTATE_KEYS, "/packages/key-rotations": Permission.ROTATE_KEYS}
+
+
+def _permissions(dependant: Any) -> set[Permission]:
+    """The permissions a route's dependency tree requires (deps.require names its checks ``require_<name>``)."""
+    found = set()
+    for dependency in dependant.dependencies:
+        name = getattr(dependency.call, "__name__", "")
+        if name.startswith("require_"):
+            found.add(Permission[name.removeprefix("require_").upper()])
+        found |= _permissions(dependency)
+    return found
+
+
+def _role_matrix(site: Site) -> list[tuple[str, str, set[Permission]]]:
+    out = []
+    for route in iter_route_contexts(site.app.routes):
+        if route.methods is None or route.path in PUBLIC_PATHS or is_device_path(route.path):
+            continue
+        path = re.sub(r"\{[^}]+\}", "1", route.path)
+        needed = _permissions(route.dependant) if getattr(route, "dependant", None) is not None else set()
+        if path in _INLINE:
+            needed.add(_INLINE[path])
+        for method in sorted(route.methods - {"HEAD"}):
+            out.append((method, path, needed))
+    return out
+
+
+def test_every_private_route_names_its_permission_or_is_open_to_every_role(sqlite_site: Site) -> None:
+    unclassified = [(m, p) for m, p, needed in _role_matrix(sqlite_site) if not needed and p not in _ANY_ROLE]
+    assert not unclassified, f"routes with no permission check: add one, or list them in _ANY_ROLE: {unclassified}"
+
+
+def test_every_route_refuses_every_role_without_its_permission(sqlite_site: Site) -> None:
+    clients = {role: sqlite_site.as_role(role) for role in Role}
+    checked = 0
+    for method, path, needed in _role_matrix(sqlite_site):
+        for role, client in clients.items():
+            if needed <= ROLE_PERMISSIONS[role]:
+                continue
+            if method in UNSAFE:  # a valid CSRF token, so that the refusal is the role's
+                response = client.request(
+                    method, path, data={"csrf_token": client.csrf}, headers={"x-csrf-token": client.csrf}
+                )
+            else:
+                response = client.request(method, path)
+            assert response.status_code == 403, (role, method, path, sorted(needed), response.status_code)
+            checked += 1
+    logger.info("role sweep: %d (route, role) refusals checked", checked)
+    assert checked >= 30
