@@ -57,6 +57,7 @@ from __future__ import annotations
 import functools
 import logging
 import operator
+import struct
 from collections.abc import Sequence
 from os import PathLike
 from typing import Any
@@ -139,6 +140,20 @@ def preprocess(ds: Dataset, spec: PreprocessSpec, *, frames: Sequence[int] | Non
             or the spec's plugin is not installed, fails, or returns a tensor of
             another shape or dtype, or one with NaN or infinity.
     """
+    try:
+        return _preprocess(ds, spec, frames)
+    except PreprocessingError:
+        raise
+    except _MALFORMED as exc:
+        # pydicom converts elements when first read: a hostile file's damage surfaces here, element by element.
+        raise _error(ds, f"has a malformed element ({type(exc).__name__}: {exc})") from exc
+
+
+_MALFORMED = (OSError, ValueError, KeyError, IndexError, TypeError, OverflowError, NotImplementedError, struct.error)
+"""What pydicom raises on a damaged element (a wrong VR, a cut sequence) when it is first converted."""
+
+
+def _preprocess(ds: Dataset, spec: PreprocessSpec, frames: Sequence[int] | None) -> np.ndarray:
     check_input(ds, spec)
     n_frames = _number_of_frames(ds)
     indices = _frame_indices(ds, frames, n_frames)
@@ -478,7 +493,10 @@ def _plugin(ds: Dataset, tensor: np.ndarray, spec: PreprocessSpec, indices: list
 
 def _error(ds: Dataset, reason: str, *, field: str | None = None) -> PreprocessingError:
     """A PreprocessingError naming the instance (SOP Instance UID, and its file when it came from one)."""
-    uid = ds.get("SOPInstanceUID") or "<no SOP Instance UID>"
+    try:
+        uid = ds.get("SOPInstanceUID") or "<no SOP Instance UID>"
+    except _MALFORMED:  # the UID element itself is damaged
+        uid = "<unreadable SOP Instance UID>"
     filename = getattr(ds, "filename", None)
     path = str(filename) if isinstance(filename, str | PathLike) else None
     return PreprocessingError(f"instance {uid}: {reason}", path=path, field=field)

@@ -178,3 +178,29 @@ def test_an_unknown_value_representation_in_the_file_meta_is_a_dicom_input_error
         with pytest.raises(DicomInputError, match="not a readable DICOM file: Unknown Value Representation 'RL'"):
             read_instance(path)
     assert check_bytes(bytes(data), tmp_path, fuzz_specs()) is None
+
+
+def _modality_recoded_as_a_broken_sequence() -> bytes:
+    """Modality (0008,0060) re-encoded with VR SQ around its two bytes ``CT``: no item tag can be read there.
+
+    pydicom converts an element on first access, so ``ds.get("Modality")`` in
+    preprocessing raised ``OSError`` ("No tag to read"); a damaged element may
+    sit behind any attribute the pipeline reads.
+    """
+    ds = _ct(ExplicitVRLittleEndian, rows=8, columns=8, bits=16)
+    ds.PixelData = np.zeros((8, 8), dtype=np.uint16).tobytes()
+    raw = _part10(ds)
+    element = b"\x08\x00\x60\x00CS\x02\x00CT"
+    assert raw.count(element) == 1
+    return raw.replace(element, b"\x08\x00\x60\x00SQ\x00\x00" + struct.pack("<I", 2) + b"CT")
+
+
+def test_a_malformed_element_read_during_preprocessing_is_a_preprocessing_error(
+    tmp_path: Path, reference_spec: PreprocessSpec
+) -> None:
+    path = tmp_path / "broken.dcm"
+    path.write_bytes(_modality_recoded_as_a_broken_sequence())
+    ds = read_instance(path)  # the header is fine: the damage is only met when Modality is read
+    with pytest.raises(PreprocessingError, match="malformed element"):
+        preprocess(ds, reference_spec)
+    assert check_bytes(path.read_bytes(), tmp_path, fuzz_specs()) is None
