@@ -56,7 +56,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +70,7 @@ from dashboard.store import create_store
 from sdk.messages import pseudonym
 from sdk.testing import PhantomSpec, generate_studies
 from sdk.testing.dicom_peers import STORESCU
+from sdk.testing.medge_process import MedgeProcess
 from sdk.testing.mosquitto import MosquittoBroker, free_port
 
 __all__ = ["FULL", "QUICK", "ApplianceTally", "ChaosReport", "ChaosSettings", "FaultRecord", "format_table", "main"]
@@ -273,7 +273,11 @@ class ApplianceProcess:
             f'[packages]\ndir = "{packages}"\ntrusted_keys_dir = "{trusted}"\n',
             encoding="utf-8",
         )
-        self.process: subprocess.Popen[bytes] | None = None
+        self.child = MedgeProcess(
+            ["serve", "--config", str(self.config), "--health-port", str(self.health_port), "--plain-logs"],
+            root / "serve.log",
+            cwd=REPO,
+        )
 
     @property
     def db(self) -> Path:
@@ -281,43 +285,15 @@ class ApplianceProcess:
 
     def launch(self) -> None:
         """Start the process (not waiting)."""
-        with (self.root / "serve.log").open("ab") as output:
-            self.process = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "sdk.cli.main", "serve", "--config", str(self.config)),
-                    *("--health-port", str(self.health_port), "--plain-logs"),
-                ],
-                cwd=REPO,
-                stdout=output,
-                stderr=output,
-            )
+        self.child.start()
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Until ``/readyz`` answers 200 (packages live, SCP listening)."""
-        deadline = time.monotonic() + timeout
-        assert self.process is not None
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        tail = (self.root / "serve.log").read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"medge serve ({self.device}) did not become ready:\n{tail}")
+        self.child.wait_http(f"http://127.0.0.1:{self.health_port}/readyz", timeout)
 
     def signal(self, sig: signal.Signals, timeout: float = 60.0) -> None:
         """Send ``sig`` and wait for the process to end."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+        self.child.signal(sig, timeout)
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         """Rows from the queue database, read beside the running service."""
@@ -351,7 +327,9 @@ class DashboardProcess:
             f"[web]\nport = {self.web_port}\n",
             encoding="utf-8",
         )
-        self.process: subprocess.Popen[bytes] | None = None
+        self.child = MedgeProcess(
+            ["dashboard", "--config", str(self.config), "--plain-logs"], root / "dashboard.log", cwd=REPO
+        )
 
     @property
     def store_url(self) -> str:
@@ -359,36 +337,10 @@ class DashboardProcess:
 
     def start(self, timeout: float = 60.0) -> None:
         """Start and wait until the web server answers (the ingest connects in the background)."""
-        with (self.root / "dashboard.log").open("ab") as output:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "sdk.cli.main", "dashboard", "--config", str(self.config), "--plain-logs"],
-                cwd=REPO,
-                stdout=output,
-                stderr=output,
-                env={**os.environ, "COLUMNS": "200"},
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        tail = (self.root / "dashboard.log").read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"medge dashboard did not start:\n{tail}")
+        self.child.start().wait_http(f"http://127.0.0.1:{self.web_port}/healthz", timeout)
 
     def signal(self, sig: signal.Signals, timeout: float = 60.0) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+        self.child.signal(sig, timeout)
 
 
 class Scanner(threading.Thread):
@@ -543,7 +495,11 @@ def run_chaos(
     corpus: list[list[list[Path]]] = []
     for index in range(settings.appliances):
         out = work / "studies" / f"ct-{index + 1}"
-        truths = generate_studies(out, settings.studies, PhantomSpec(slices=settings.slices), seed=900 + index)
+        # The quota appliance gets 512x512 slices (512 KB each): a burst outruns its analysis within a few
+        # instances on any machine, so its 1 MB spool fills whatever the load (128 KB slices did not, when quiet).
+        size = {"rows": 512, "columns": 512} if index == settings.appliances - 1 else {}
+        spec = PhantomSpec(slices=settings.slices, **size)
+        truths = generate_studies(out, settings.studies, spec, seed=900 + index)
         corpus.append([[out / str(t.folder) / str(s.file) for s in t.series[0].slices] for t in truths])
     uids = {path: _sop_uid(path) for studies in corpus for study in studies for path in study}
 
@@ -565,7 +521,6 @@ def run_chaos(
             Scanner(
                 appliance,
                 studies,
-                # the quota appliance's scanner sends in bursts of two studies: its spool must overflow
                 interval_s=schedule_s / max(1, settings.studies),
                 retry_s=settings.retry_s,
                 on_refusal=on_refusal,
@@ -573,7 +528,7 @@ def run_chaos(
             for appliance, studies in zip(appliances, corpus, strict=True)
         ]
         quota_scanner = scanners[-1]
-        if len(quota_scanner.studies) >= 2:
+        if len(quota_scanner.studies) >= 2:  # its first burst: two studies in one association
             first, second = quota_scanner.studies.popleft(), quota_scanner.studies.popleft()
             quota_scanner.studies.appendleft(first + second)
         for scanner in scanners:

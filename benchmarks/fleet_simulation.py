@@ -55,6 +55,7 @@ import random
 import re
 import resource
 import selectors
+import signal
 import statistics
 import subprocess
 import sys
@@ -81,6 +82,7 @@ from dashboard.auth import create_user
 from dashboard.store import Finding as StoredFinding
 from dashboard.store import create_store
 from sdk.messages import Finding, Heartbeat, PackageRef, Status
+from sdk.testing.medge_process import MedgeProcess
 from sdk.testing.mosquitto import MosquittoBroker, free_port
 from sdk.testing.postgres import PostgresServer, find_postgres_bin
 from sdk.topics import TopicKind, topic
@@ -371,37 +373,22 @@ class _Dashboard:
             f"[web]\nport = {self.web_port}\n[fleet]\nheartbeat_interval_s = {heartbeat_s}\n",
             encoding="utf-8",
         )
-        self.process: subprocess.Popen[bytes] | None = None
+        self.child = MedgeProcess(
+            ["dashboard", "--config", str(self.config), "--plain-logs"], self.root / "dashboard.log", cwd=REPO
+        )
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.child.process
 
     def start(self) -> None:
-        with (self.root / "dashboard.log").open("ab") as output:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "sdk.cli.main", "dashboard", "--config", str(self.config), "--plain-logs"],
-                cwd=REPO,
-                stdout=output,
-                stderr=output,
-                env={**os.environ, "COLUMNS": "200"},
-            )
+        self.child.start()
 
     def wait(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        assert self.process is not None
-        while time.monotonic() < deadline and self.process.poll() is None:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError("medge dashboard did not start:\n" + (self.root / "dashboard.log").read_text()[-3000:])
+        self.child.wait_http(self.url + "/healthz", timeout)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+        self.child.signal(signal.SIGTERM, 30)
 
 
 class _CpuMeter:

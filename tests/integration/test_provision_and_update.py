@@ -12,9 +12,6 @@ findings come from the new version.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ from firmware_integration.layout import Layout
 from sdk.cli.main import app
 from sdk.testing import PhantomSpec, generate_studies
 from sdk.testing.dicom_peers import storescu
+from sdk.testing.medge_process import MedgeProcess
 from sdk.testing.mosquitto import MosquittoBroker, free_port
 from tests.conftest import ReferencePackages
 from tests.dashboard.conftest import wait_for
@@ -73,32 +71,6 @@ def site(tmp_path: Path, reference_packages: ReferencePackages) -> Iterator[tupl
     finally:
         dashboard.close()
         broker.stop()
-
-
-class Served:
-    """``medge serve`` in its own process, as systemd runs it."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.log = log
-        self._sink = log.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sdk.cli.main", "serve", "--config", str(config), "--health-port", "0"],
-            stdout=self._sink,
-            stderr=subprocess.STDOUT,
-        )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._sink.close()
 
 
 def _findings(client: httpx.Client) -> list[dict[str, Any]]:
@@ -166,13 +138,15 @@ def test_a_provisioned_appliance_reports_findings_and_takes_an_update(
     again = CliRunner().invoke(app, [*arguments, "--overwrite"])
     assert again.exit_code == 2 and "refused the enrollment (401)" in again.output, again.output
 
-    served = Served(layout.appliance_config, tmp_path / "serve.log")
+    served = MedgeProcess(
+        ["serve", "--config", str(layout.appliance_config), "--health-port", "0"], tmp_path / "serve.log"
+    ).start()
     try:
-        assert wait_for(lambda: "packages live" in served.output(), 60), served.output()
+        assert wait_for(lambda: "packages live" in served.log_tail(), 60), served.log_tail()
         studies = generate_studies(tmp_path / "studies", 2, PhantomSpec(slices=4), seed=11)
         files = [tmp_path / "studies" / str(t.folder) / str(s.file) for t in studies for s in t.series[0].slices]
         _storescu(dicom_port, files[:4])
-        assert wait_for(lambda: len(_findings(admin)) == 4, 60), served.output()
+        assert wait_for(lambda: len(_findings(admin)) == 4, 60), served.log_tail()
         assert {f["package"]["version"] for f in _findings(admin)} == {"1.0.0"}
 
         # Over the air: the new version, to this device.
@@ -186,7 +160,7 @@ def test_a_provisioned_appliance_reports_findings_and_takes_an_update(
         def state() -> str:
             return str(technician.get(f"/api/v1/rollouts/{update_id}").json()["state"])
 
-        assert wait_for(lambda: state() in ("done", "refused", "rolled-back", "failed"), 90), served.output()
+        assert wait_for(lambda: state() in ("done", "refused", "rolled-back", "failed"), 90), served.log_tail()
         rollout = technician.get(f"/api/v1/rollouts/{update_id}").json()
         assert rollout["state"] == "done", rollout
         steps = [step["step"] for step in rollout["steps"]]
@@ -195,7 +169,7 @@ def test_a_provisioned_appliance_reports_findings_and_takes_an_update(
         assert (layout.packages_dir).is_symlink() and os.readlink(layout.packages_dir).endswith("B")
 
         _storescu(dicom_port, files[4:])
-        assert wait_for(lambda: len(_findings(admin)) == 8, 60), served.output()
+        assert wait_for(lambda: len(_findings(admin)) == 8, 60), served.log_tail()
         newest = [f for f in _findings(admin) if f["package"]["version"] == "1.1.0"]
         assert len(newest) == 4
 
@@ -203,5 +177,5 @@ def test_a_provisioned_appliance_reports_findings_and_takes_an_update(
         older = technician.post(f"/api/v1/packages/{uploaded.json()['sha256']}/rollouts", json={"devices": devices})
         assert older.status_code == 409, older.text
     finally:
-        served.stop()
-    assert served.process.returncode == 0, served.output()
+        code = served.signal()
+    assert code == 0, served.log_tail()
