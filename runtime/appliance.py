@@ -574,7 +574,7 @@ class Appliance:
         done = _Done(job, findings, results)
         if self._handoff.empty() and self._commits.empty() and not self._committing.is_set():
             # Nothing to group it with and nothing to run meanwhile: commit here, sparing two thread hand-offs.
-            self._commit([done], remove_now=True)
+            self._commit([done])
         else:
             self._commits.put(done)  # blocks when the disk lags (back-pressure)
 
@@ -614,11 +614,11 @@ class Appliance:
                 self._removals.put(_STOP)
                 return
 
-    def _commit(self, done: list[_Done], *, remove_now: bool = False) -> None:
+    def _commit(self, done: list[_Done]) -> None:
         """Findings of analysed instances into the outbox (one durable transaction), then their spool files out.
 
-        The files go to the remover thread (each deletion fsyncs its folder), or with
-        ``remove_now`` are deleted here.
+        The files go to the remover thread: each deletion fsyncs its folder (~1 ms), which would otherwise
+        hold up the next instance's inference.
         """
         results = self.queue.record_findings_batch(
             [(item.job.record.sop_instance_uid, item.findings) for item in done],
@@ -633,11 +633,7 @@ class Appliance:
             elif not item.job.keep_file:
                 # The finding is what must survive; the image has served its purpose once findings are durable
                 # (unless its series is still to be analysed: the series thread removes it then).
-                path = Path(item.job.record.spool_path)
-                if remove_now:
-                    self._remove(path)
-                else:
-                    self._removals.put(path)
+                self._removals.put(Path(item.job.record.spool_path))
 
     def _remove_loop(self, generation: int) -> None:
         """Delete spool files whose findings are durable (each deletion fsyncs its folder: off the commit path)."""
