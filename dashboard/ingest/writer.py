@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import Table, delete, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 import sdk.messages as messages
 from dashboard.ingest.classify import Accepted, InboundMessage, Rejected, classify
@@ -263,16 +263,29 @@ class BatchWriter:
             devices[key].findings_count += count
         # Every finding counts for the sequence, duplicates included: a re-send changes nothing,
         # and a finding stored under the same id by another device still fills this device's number.
+        # The open gaps of every device in the batch in one query (one round trip, not one per device).
+        lows = {devices[key].id: min(numbers) for key, numbers in seqs.items()}
+        gaps: dict[int, list[Any]] = defaultdict(list)
+        if lows:
+            candidates = session.execute(
+                select(
+                    SequenceGap.id,
+                    SequenceGap.device_id,
+                    SequenceGap.first_seq,
+                    SequenceGap.last_seq,
+                    SequenceGap.detected_at,
+                )
+                .where(SequenceGap.device_id.in_(list(lows)), SequenceGap.last_seq >= min(lows.values()))
+                .order_by(SequenceGap.device_id, SequenceGap.first_seq)
+            ).all()
+            for row in candidates:
+                if row.last_seq >= lows[row.device_id]:
+                    gaps[row.device_id].append(row)
         for key, numbers in seqs.items():
-            self._sequence(session, devices[key], numbers, now)
+            self._sequence(session, devices[key], numbers, now, gaps[devices[key].id])
 
-    def _sequence(self, session: Session, device: Device, numbers: list[int], now: datetime) -> None:
-        low = min(numbers)
-        old = session.execute(
-            select(SequenceGap.id, SequenceGap.first_seq, SequenceGap.last_seq, SequenceGap.detected_at)
-            .where(SequenceGap.device_id == device.id, SequenceGap.last_seq >= low)
-            .order_by(SequenceGap.first_seq)
-        ).all()
+    def _sequence(self, session: Session, device: Device, numbers: list[int], now: datetime, old: list[Any]) -> None:
+        """Advance one device's sequence with ``numbers``; ``old``: its gaps that end at or after the lowest."""
         update_ = apply_sequence_numbers([(row.first_seq, row.last_seq) for row in old], device.max_seq, numbers)
         device.max_seq = update_.max_seq
         device.missing_count += update_.missing_delta
@@ -371,19 +384,22 @@ class BatchWriter:
             )
         table: Table = Heartbeat.__table__  # type: ignore[assignment]
         session.execute(table.insert(), rows)
-        for device_id in {devices[(item.topic.site, item.topic.device)].id for item in items}:
-            self._prune_heartbeats(session, device_id)
+        self._prune_heartbeats(session, {devices[(item.topic.site, item.topic.device)].id for item in items})
 
-    def _prune_heartbeats(self, session: Session, device_id: int) -> None:
+    def _prune_heartbeats(self, session: Session, device_ids: set[int]) -> None:
+        """Keep the newest ``heartbeat_history`` heartbeats of each device: one statement for the whole batch."""
+        newer = aliased(Heartbeat)
         oldest_kept = (
-            select(Heartbeat.id)
-            .where(Heartbeat.device_id == device_id)
-            .order_by(Heartbeat.id.desc())
+            select(newer.id)
+            .where(newer.device_id == Heartbeat.device_id)
+            .order_by(newer.id.desc())
             .offset(self.heartbeat_history - 1)
             .limit(1)
             .scalar_subquery()
         )
-        session.execute(delete(Heartbeat).where(Heartbeat.device_id == device_id, Heartbeat.id < oldest_kept))
+        session.execute(
+            delete(Heartbeat).where(Heartbeat.device_id.in_(sorted(device_ids)), Heartbeat.id < oldest_kept)
+        )
 
     def _command_results(
         self,
