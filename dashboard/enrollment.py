@@ -35,6 +35,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from dashboard.audit import Actor, record
+from dashboard.auth.secret_digest import secret_digest
 from dashboard.auth.throttle import ThrottlePolicy
 from dashboard.errors import (
     AccountError,
@@ -97,10 +98,6 @@ class BrokerRegistrar(Protocol):
     def unregister(self, site: str, device: str) -> None:
         """Stop ``{site}/{device}`` from connecting."""
         ...
-
-
-def _digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
 def package_url(sha256: str) -> str:
@@ -211,7 +208,7 @@ def create_enrollment_token(
         if sha is not None and session.get(Package, sha) is None:
             raise NotFoundError(f"no package {sha}")
         row = EnrollmentToken(
-            token_hash=_digest(secret),
+            token_hash=secret_digest(secret),
             prefix=secret[: len(ENROLLMENT_TOKEN_PREFIX) + 3],
             site=checked_site,
             device=checked_device,
@@ -355,7 +352,7 @@ def _enroll(
     broker_port: int | None,
 ) -> EnrollmentResponse:
     token = session.scalar(
-        select(EnrollmentToken).where(EnrollmentToken.token_hash == _digest(request.token)).with_for_update()
+        select(EnrollmentToken).where(EnrollmentToken.token_hash == secret_digest(request.token)).with_for_update()
     )
     if token is None:
         raise EnrollmentRefused("the enrollment token is not known: ask for a new one")
@@ -387,7 +384,7 @@ def _enroll(
     if credential is None:
         credential = DeviceCredential(device_id=device.id, token_hash="", enrolled_at=now, public_key_sha256="")
         session.add(credential)
-    credential.token_hash = _digest(device_token)
+    credential.token_hash = secret_digest(device_token)
     credential.enrolled_at = now
     credential.public_key_sha256 = fingerprint
     credential.device_group = token.device_group
@@ -497,7 +494,7 @@ def authenticate_device(store: Store, authorization: str | None) -> DeviceIdenti
         raise EnrollmentRefused("send the device token: Authorization: Bearer <device token>")
     if not secret.startswith(DEVICE_TOKEN_PREFIX) or len(secret) > 200:
         raise EnrollmentRefused("the device token is not valid")
-    digest = _digest(secret)
+    digest = secret_digest(secret)
     with store.session() as session:
         row = session.execute(
             select(DeviceCredential.token_hash, Device.id, Device.site, Device.device)

@@ -187,7 +187,7 @@ class Layout:
         """
         chown = os.geteuid() == 0 if chown is None else chown
         wanted = [d for d in self.directories() if dashboard or d.owner is not Owner.DASHBOARD]
-        ids = {d.owner: self._ids(d.owner) for d in wanted} if chown else {}
+        ids = {d.owner: self.ids(d.owner) for d in wanted} if chown else {}
         made = []
         for entry in wanted:
             entry.path.mkdir(parents=True, exist_ok=True)
@@ -199,7 +199,12 @@ class Layout:
         log.info("medge layout ready under %s (%d folders)", self.prefix, len(made))
         return made
 
-    def _ids(self, owner: Owner) -> tuple[int, int]:
+    def ids(self, owner: Owner) -> tuple[int, int]:
+        """The uid and gid of an owner on this machine.
+
+        Raises:
+            ConfigError: its user or group does not exist.
+        """
         user, group = self.owner_names(owner)
         try:
             uid = pwd.getpwnam(user).pw_uid

@@ -26,10 +26,8 @@ later step can fail.
 
 from __future__ import annotations
 
-import grp
 import logging
 import os
-import tempfile
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,8 +42,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
-from firmware_integration.layout import Layout
-from sdk.durable_files import fsync_dir
+from firmware_integration.layout import Layout, Owner
+from sdk.durable_files import fsync_dir, write_atomic
 from sdk.errors import ConfigError, MedgeError
 from sdk.fleet_contracts import EnrollmentRequest, EnrollmentResponse, PackageOffer
 from sdk.signing import key_id, public_key_pem
@@ -332,31 +330,23 @@ class Provisioner:
         target = self.layout.packages_dir / f"{offer.name}-{offer.version}.medge"
         os.replace(fetched, target)
         fsync_dir(target.parent)
-        if self._chown:
-            _own(target, runtime=True, user=self.layout.user)
+        if (owner := self._owner(runtime=True)) is not None:
+            os.chown(target, *owner)
         self._written.append(target)
         return target
 
     # -- files ---------------------------------------------------------------------------------------------------
 
     def _install(self, path: Path, data: bytes, mode: int, *, runtime: bool = False) -> None:
-        """Write ``path`` atomically with ``mode``; as root, owned by root and the service's group (or its user)."""
+        """Write ``path`` atomically with ``mode``; on a real root owned root:<service group> (state: the service's)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fchmod(handle.fileno(), mode)
-                os.fsync(handle.fileno())
-            if self._chown:
-                _own(Path(temp), runtime=runtime, user=self.layout.user)
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-        fsync_dir(path.parent)
+        write_atomic(path, data, mode=mode, owner=self._owner(runtime))
         self._written.append(path)
+
+    def _owner(self, runtime: bool) -> tuple[int, int] | None:
+        if not self._chown:
+            return None
+        return self.layout.ids(Owner.RUNTIME if runtime else Owner.CONFIG)
 
 
 _JSON = {"Content-Type": "application/json"}
@@ -382,14 +372,3 @@ def _error_text(response: httpx.Response) -> str:
     if isinstance(body, dict):
         return str(body.get("detail") or body.get("error") or body)[:300]
     return str(body)[:300]
-
-
-def _own(path: Path, *, runtime: bool, user: str) -> None:
-    """Config files root:<service group>, state files the service user's (the layout made sure they exist)."""
-    gid = grp.getgrnam(user).gr_gid
-    if runtime:
-        import pwd
-
-        os.chown(path, pwd.getpwnam(user).pw_uid, gid)
-    else:
-        os.chown(path, 0, gid)

@@ -26,14 +26,21 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o640) -> None:
-    """Replace ``path`` with ``data``: readers see the old content or the new one, never half of it."""
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o640, owner: tuple[int, int] | None = None) -> None:
+    """Replace ``path`` with ``data``: readers see the old content or the new one, never half of it.
+
+    ``mode`` is set exactly (whatever the umask); ``owner`` (uid, gid) is given to the file before it
+    appears under its name, so it is never readable by the wrong user.
+    """
     tmp = _temp_name(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            if owner is not None:
+                os.fchown(handle.fileno(), *owner)
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:

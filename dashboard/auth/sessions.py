@@ -9,7 +9,6 @@ the times that end it (idle timeout and absolute lifetime).
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import threading
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from dashboard.audit import Actor, record
 from dashboard.auth.accounts import normalize_username
 from dashboard.auth.passwords import hash_password, needs_rehash, verify_password
 from dashboard.auth.roles import Principal
+from dashboard.auth.secret_digest import secret_digest
 from dashboard.auth.throttle import ThrottlePolicy, throttle_keys
 from dashboard.errors import LoginFailed, LoginThrottled
 from dashboard.store.engine import Store
@@ -29,10 +29,6 @@ from dashboard.store.models import User, WebSession
 __all__ = ["Authenticator", "OpenedSession", "SessionPolicy"]
 
 _TOUCH_EVERY = timedelta(minutes=1)
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -128,7 +124,7 @@ class Authenticator:
                 values.update(password_hash=rehash, password_changed_at=now)
             session.execute(update(User).where(User.id == user.id).values(**values))
             row = WebSession(
-                token_hash=_digest(token),
+                token_hash=secret_digest(token),
                 user_id=user.id,
                 csrf_token=csrf,
                 created_at=now,
@@ -155,7 +151,7 @@ class Authenticator:
             found = session.execute(
                 select(WebSession, User)
                 .join(User, User.id == WebSession.user_id)
-                .where(WebSession.token_hash == _digest(token))
+                .where(WebSession.token_hash == secret_digest(token))
             ).first()
         if found is None:
             return None

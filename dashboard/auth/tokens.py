@@ -7,7 +7,6 @@ usable tokens (a slow hash would cost every API call).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from sqlalchemy import select, update
 
 from dashboard.audit import Actor, record
 from dashboard.auth.roles import Principal
+from dashboard.auth.secret_digest import secret_digest
 from dashboard.errors import AccountError, NotFoundError
 from dashboard.store.engine import Store
 from dashboard.store.models import ApiToken, Role
@@ -26,10 +26,6 @@ __all__ = ["TOKEN_PREFIX", "CreatedToken", "TokenInfo", "create_token", "list_to
 TOKEN_PREFIX = "medge_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TOUCH_EVERY = timedelta(minutes=1)
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -94,7 +90,7 @@ def create_token(
         row = ApiToken(
             name=name,
             prefix=secret[: len(TOKEN_PREFIX) + 6],
-            token_hash=_digest(secret),
+            token_hash=secret_digest(secret),
             role=role,
             created_by=actor.name,
             created_at=now,
@@ -134,7 +130,7 @@ def resolve_token(store: Store, secret: str, client_ip: str | None) -> Principal
         return None
     now = datetime.now(UTC)
     with store.session() as session:
-        row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _digest(secret)))
+        row = session.scalar(select(ApiToken).where(ApiToken.token_hash == secret_digest(secret)))
     if row is None or not TokenInfo.of(row).active(now):
         return None
     if row.last_used_at is None or now - row.last_used_at > _TOUCH_EVERY:
