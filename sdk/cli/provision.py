@@ -47,6 +47,7 @@ def provision(
     """
     from firmware_integration.layout import Layout
     from firmware_integration.provisioning import Provisioner, ProvisionOptions
+    from runtime.selftest import CHECKS
     from sdk.appliance_config import load_appliance_config
     from sdk.cli.selftest import run_checklist
 
@@ -82,7 +83,7 @@ def provision(
         if started.returncode != 0:
             console.print(f"[bold red]the service did not start[/]: see journalctl -u {RUNTIME_UNIT}")
             raise typer.Exit(1)
-        dicom = run_checklist(settings, skip=[c for c in _checks() if c != "dicom"])
+        dicom = run_checklist(settings, skip=[c for c in CHECKS if c != "dicom"])
         report = report.model_copy(update={"checks": report.checks + dicom.checks})
     else:
         console.print(
@@ -93,9 +94,3 @@ def provision(
     if not report.ok:
         raise typer.Exit(1)
     console.print(f"[bold green]{site}/{device} is provisioned[/]: config {result.config_path}")
-
-
-def _checks() -> tuple[str, ...]:
-    from runtime.selftest import CHECKS
-
-    return tuple(CHECKS)

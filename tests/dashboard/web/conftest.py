@@ -250,3 +250,13 @@ def site(site_factory: Callable[..., Site], store: Store) -> Site:
 def sqlite_site(site_factory: Callable[..., Site], sqlite_store: Store) -> Site:
     """The dashboard over SQLite only (for tests about the web layer, not the database)."""
     return site_factory(sqlite_store)
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    """Debian's headless Chromium through Playwright (no browser download: ``executable_path``)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--headless"])
+        yield launched
+        launched.close()

@@ -49,14 +49,6 @@ def dashboard(dashboard_config: Callable[..., DashboardConfig]) -> Iterator[Dash
         yield running
 
 
-@pytest.fixture
-def browser() -> Iterator[object]:
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--headless"])
-        yield launched
-        launched.close()
-
-
 def _offline_context(
     browser: object, base: str, leaked: list[str], errors: list[str], *, own_ca: bool = False
 ) -> object:

@@ -15,7 +15,7 @@ from dashboard.store import Role
 from tests.conftest import ReferencePackages
 from tests.dashboard.enrollment_support import Dashboard, dashboard_config
 from tests.dashboard.web.conftest import PASSWORD, insert_user
-from tests.dashboard.web.test_browser import CHROMIUM, _offline_context, browser, sync_api  # noqa: F401 (a fixture)
+from tests.dashboard.web.test_browser import CHROMIUM, _offline_context
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium
 def test_a_technician_uploads_a_package_and_makes_a_token(
     tmp_path: Path,
     reference_packages: ReferencePackages,
-    browser: object,  # noqa: F811
+    browser: object,
 ) -> None:
     package = reference_packages.build(tmp_path / "chest.medge")
     tampered = tmp_path / "tampered.medge"
